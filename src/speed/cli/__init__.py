@@ -1,0 +1,1 @@
+"""Command-line interface: ``speed <command>``; each command lives in its own ``*_cmd`` module."""
