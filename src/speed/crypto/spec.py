@@ -1,0 +1,164 @@
+"""What the encrypted circuit is compiled for, and the exactness bounds that follow.
+
+Encoding (SPEC §3b, §5).  Holder i sends, for every class k of every query in a batch,
+the integer ``v_ik = P·e_ik + clip(η_ik, −A, A)`` where e_i is its one-hot vote, P the
+lattice resolution (one vote = P steps) and η_ik its lattice noise share.  The server
+sums ``c_k = Σ_i v_ik`` and computes the argmax of c.
+
+Exactness.  The circuit is compiled for class sums in ``[−A, N·P + A]`` and differences
+in ``[−(N·P + 2A), N·P + 2A]``.  Whenever no share is clipped and every total noise
+``Z_k = Σ_i η_ik`` satisfies ``|Z_k| ≤ A``, the circuit computes the exact argmax of the
+noisy counts (up to concrete's PBS error probability).  Outside that event the output
+may differ from the ideal mechanism, so the probability of the event is *added to δ*:
+
+    β_query ≤ K · (Pr[|Z| > A] + N · Pr[|η| > A]) + p_error_circuit
+
+with Z discrete Laplace (scale λP) and η = X − Y, X, Y ~ NB(1/N, p) (so
+``Pr[|η| > A] ≤ 2·Pr[X > A]``).  A is chosen as the smallest integer making the noise
+part ≤ ``noise_failure_probability`` (default 1e-12 per query).
+
+Tie rule: the lowest class index wins among equal maxima (``numpy.argmax``'s rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from speed.errors import InputError
+
+#: Largest configuration we let users compile (SPEC §5 costs grow as K²; see docs/he-engine.md).
+MAX_CLASSES = 64
+MAX_HOLDERS = 10_000
+
+
+def _discrete_laplace_two_sided_tail(bound: int, scale_steps: float) -> float:
+    """Pr[|Z| > bound] for P(z) ∝ q^{|z|}, q = e^{−1/scale_steps}: 2 q^{bound+1} / (1 + q)."""
+    q = math.exp(-1.0 / scale_steps)
+    return 2.0 * math.exp((bound + 1) * -1.0 / scale_steps) / (1.0 + q)
+
+
+def share_tail(bound: int, num_holders: int, scale_steps: float) -> float:
+    """Upper bound on Pr[|η| > bound] for one holder's lattice share η = X − Y, X,Y ~ NB(1/N, p).
+
+    |X − Y| > A implies X > A or Y > A, so the probability is at most 2·Pr[X > A].
+    """
+    success = -math.expm1(-1.0 / scale_steps)
+    return float(min(1.0, 2.0 * stats.nbinom.sf(bound, 1.0 / num_holders, success)))
+
+
+def noise_failure(bound: int, num_holders: int, num_classes: int, scale_steps: float) -> float:
+    """Per-query probability that a share is clipped or a class's total noise leaves [−A, A]."""
+    per_class = _discrete_laplace_two_sided_tail(bound, scale_steps) + num_holders * share_tail(
+        bound, num_holders, scale_steps
+    )
+    return float(min(1.0, num_classes * per_class))
+
+
+def choose_noise_bound(
+    num_holders: int, num_classes: int, scale: float, resolution: int, failure_probability: float
+) -> int:
+    """Smallest A (lattice steps) whose per-query noise failure is ≤ ``failure_probability``."""
+    if not 0 < failure_probability < 1:
+        raise InputError(f"noise failure probability must be in (0, 1), got {failure_probability}")
+    scale_steps = scale * resolution
+    bound = 1
+    while noise_failure(bound, num_holders, num_classes, scale_steps) > failure_probability:
+        bound = bound * 2 if bound < 1024 else bound + 1024
+        if bound > 10**7:
+            raise InputError("noise scale too large for an exact integer circuit")
+    lo, hi = bound // 2, bound  # bisection: failure(hi) ok
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if noise_failure(mid, num_holders, num_classes, scale_steps) <= failure_probability:
+            hi = mid
+        else:
+            lo = mid
+    return max(hi, 1)
+
+
+def signed_width(low: int, high: int) -> int:
+    """Bits of a two's-complement integer holding every value of [low, high]."""
+    width = 1
+    while not (-(2 ** (width - 1)) <= low and high <= 2 ** (width - 1) - 1):
+        width += 1
+    return width
+
+
+@dataclass(frozen=True)
+class CircuitSpec:
+    """Everything the compiled circuit depends on (also the compile-cache key)."""
+
+    num_holders: int
+    num_classes: int
+    noise_bound: int
+    resolution: int = 1
+    batch_size: int = 1
+    global_p_error: float = 1e-9
+    security_level: int = 128
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.num_classes <= MAX_CLASSES:
+            raise InputError(f"number of classes must be in [2, {MAX_CLASSES}], got {self.num_classes}")
+        if not 1 <= self.num_holders <= MAX_HOLDERS:
+            raise InputError(f"number of holders must be in [1, {MAX_HOLDERS}], got {self.num_holders}")
+        if self.resolution < 1 or self.noise_bound < 0 or self.batch_size < 1:
+            raise InputError("resolution and batch size must be ≥ 1 and the noise bound ≥ 0")
+        if not 0 < self.global_p_error < 1:
+            raise InputError(f"global_p_error must be in (0, 1), got {self.global_p_error}")
+
+    @property
+    def vote_range(self) -> tuple[int, int]:
+        """Range of one holder's encoded value v = P·e + clip(η, −A, A)."""
+        return -self.noise_bound, self.resolution + self.noise_bound
+
+    @property
+    def sum_range(self) -> tuple[int, int]:
+        """Range of a class sum c_k when no total noise leaves [−A, A]."""
+        return -self.noise_bound, self.num_holders * self.resolution + self.noise_bound
+
+    @property
+    def difference_bound(self) -> int:
+        """Largest |c_i − c_j| inside the compiled range."""
+        low, high = self.sum_range
+        return high - low
+
+    @property
+    def difference_width(self) -> int:
+        """Signed bit width of c_i − c_j; the sign test truncates all but its 2 top bits."""
+        return signed_width(-self.difference_bound, self.difference_bound)
+
+    @property
+    def pair_count(self) -> int:
+        return self.num_classes * (self.num_classes - 1) // 2
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CircuitSpec":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "extra"})
+
+    @property
+    def cache_key(self) -> str:
+        """Stable key for the compile cache (changes whenever the circuit would)."""
+        payload = json.dumps({"v": 1, **self.to_dict()}, sort_keys=True).encode()
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        return f"K{self.num_classes}-N{self.num_holders}-P{self.resolution}-A{self.noise_bound}-B{self.batch_size}-{digest}"
+
+    def noise_failure_probability(self, scale: float) -> float:
+        """Per-query probability that noise leaves the compiled range (added to δ)."""
+        return noise_failure(self.noise_bound, self.num_holders, self.num_classes, scale * self.resolution)
+
+
+def reference_argmax(counts: np.ndarray) -> np.ndarray:
+    """The argmax the circuit computes, in clear: lowest index wins ties. counts: (..., K)."""
+    return np.argmax(np.asarray(counts), axis=-1)

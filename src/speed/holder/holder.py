@@ -1,0 +1,128 @@
+"""Data holder (teacher side) of SPEC §2, steps 1–3.
+
+Per query: one-hot vote e ∈ {0,1}^K of the teacher, lattice noise share η (SPEC §3b),
+encoded value v = P·e + clip(η, −A, A), encrypted by adding it to a one-time pad of the
+owner with ``encode`` (evaluation keys only, no secret key).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from speed import messages
+from speed.crypto.runtime import ClearArguments, digest, load_evaluation_keys, load_server_program, load_value
+from speed.crypto.spec import CircuitSpec
+from speed.errors import CiphertextError, InputError, PadReuseError
+from speed.privacy.noise import sample_lattice_shares
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def one_hot_votes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(n,) predicted labels → (n, K) one-hot votes, refusing labels outside [0, K)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError("teacher predictions must be a 1-D array of integer labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"teacher predicted a label outside [0, {num_classes})")
+    return np.eye(num_classes, dtype=np.int64)[labels]
+
+
+def check_one_hot(votes: np.ndarray, num_classes: int) -> np.ndarray:
+    votes = np.asarray(votes)
+    if votes.ndim != 2 or votes.shape[1] != num_classes:
+        raise InputError(f"votes must have shape (queries, {num_classes}), got {votes.shape}")
+    if not np.isin(votes, (0, 1)).all() or not (votes.sum(axis=1) == 1).all():
+        raise InputError("a vote vector is not one-hot (exactly one 1, zeros elsewhere) before noise")
+    return votes.astype(np.int64)
+
+
+class DataHolder:
+    """One data holder.  ``rng=None`` draws noise from the OS CSPRNG (production)."""
+
+    def __init__(
+        self,
+        holder_id: int,
+        predict: Predictor,
+        noise_scale: float,
+        rng: np.random.Generator | None = None,
+    ):
+        self.holder_id = holder_id
+        self.predict = predict
+        self.noise_scale = float(noise_scale)
+        self.rng = rng
+        self.spec: CircuitSpec | None = None
+        self._pads: dict[int, messages.Pad] = {}
+        self.used_pad_ids: set[str] = set()
+
+    # -- setup -----------------------------------------------------------------------
+    def connect(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys) -> None:
+        """Receive the compiled program and evaluation keys (once per run)."""
+        if digest(bundle.program) != bundle.program_id or digest(keys.data) != keys.keyset_id:
+            raise CiphertextError("program or evaluation keys do not match their ids (corrupted transfer)")
+        self.spec = CircuitSpec.from_dict(bundle.spec)
+        self.keyset_id = keys.keyset_id
+        self._program = load_server_program(bundle.program)
+        self._evaluation_keys = load_evaluation_keys(keys.data)
+        self._clear = ClearArguments(self._program, "encode")
+
+    def receive_pad(self, pad: messages.Pad) -> None:
+        self._require_spec()
+        if pad.keyset_id != self.keyset_id:
+            raise CiphertextError(f"pad {pad.pad_id} belongs to keyset {pad.keyset_id}, not this run's {self.keyset_id}")
+        if pad.holder_id != self.holder_id:
+            raise InputError(f"pad {pad.pad_id} is for holder {pad.holder_id}, not {self.holder_id}")
+        if pad.pad_id in self.used_pad_ids or pad.batch_id in self._pads:
+            raise PadReuseError(f"pad {pad.pad_id} for batch {pad.batch_id} was already issued or used: refused")
+        self._pads[pad.batch_id] = pad
+
+    # -- per batch -------------------------------------------------------------------
+    def noisy_votes(self, one_hot: np.ndarray) -> np.ndarray:
+        """Encoded noisy votes, shape (batch_size, K): P·e + clip(η, −A, A); padding rows 0."""
+        spec = self._require_spec()
+        votes = check_one_hot(one_hot, spec.num_classes)
+        if len(votes) > spec.batch_size:
+            raise InputError(f"{len(votes)} queries exceed the circuit's batch size {spec.batch_size}")
+        shares = sample_lattice_shares(
+            spec.num_holders, spec.num_classes, self.noise_scale, spec.resolution, self.rng, rows=len(votes)
+        )
+        shares = np.clip(shares, -spec.noise_bound, spec.noise_bound)  # prob. folded into δ (crypto.spec)
+        encoded = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
+        encoded[: len(votes)] = spec.resolution * votes + shares
+        return encoded
+
+    def encrypt(self, batch_id: int, encoded: np.ndarray) -> messages.EncryptedVote:
+        """encode(pad, v) with evaluation keys; consumes the batch's pad (single use)."""
+        spec = self._require_spec()
+        encoded = np.asarray(encoded, dtype=np.int64)
+        low, high = spec.vote_range
+        if encoded.shape != (spec.batch_size, spec.num_classes) or encoded.min() < low or encoded.max() > high:
+            raise InputError(f"encoded votes must be a ({spec.batch_size}, {spec.num_classes}) array in [{low}, {high}]")
+        pad = self._pads.pop(batch_id, None)
+        if pad is None:
+            raise PadReuseError(f"holder {self.holder_id} has no unused pad for batch {batch_id}")
+        self.used_pad_ids.add(pad.pad_id)  # consumed even if encryption fails below: never retried
+        zero = load_value(pad.data, f"pad {pad.pad_id}")
+        try:
+            value = self._program.run(
+                zero, self._clear.prepare(encoded, 1), evaluation_keys=self._evaluation_keys, function_name="encode"
+            )
+        except Exception as exc:
+            raise CiphertextError(f"pad {pad.pad_id} does not fit the circuit (foreign or corrupted)") from exc
+        return messages.EncryptedVote(
+            batch_id=batch_id, holder_id=self.holder_id, pad_id=pad.pad_id, keyset_id=self.keyset_id, data=value.serialize()
+        )
+
+    def answer(self, batch: messages.QueryBatch, queries: np.ndarray) -> tuple[messages.EncryptedVote, np.ndarray]:
+        """Vote on ``queries`` (the batch's public points): encrypted message + own clear encoding."""
+        spec = self._require_spec()
+        votes = one_hot_votes(np.asarray(self.predict(queries)), spec.num_classes)
+        encoded = self.noisy_votes(votes)
+        return self.encrypt(batch.batch_id, encoded), encoded
+
+    def _require_spec(self) -> CircuitSpec:
+        if self.spec is None:
+            raise InputError(f"holder {self.holder_id} has not received the circuit and evaluation keys yet")
+        return self.spec

@@ -1,0 +1,1 @@
+"""The model owner: keys, one-time pads, decryption, privacy ledger, student."""

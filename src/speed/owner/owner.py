@@ -1,0 +1,50 @@
+"""The model owner (SPEC §2 steps 5–6): compiles the circuit, holds the keys, issues pads,
+decrypts one label per query."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from speed import messages
+from speed.crypto.circuit import DEFAULT_CACHE_DIR, server_program_path
+from speed.crypto.runtime import digest, load_server_program
+from speed.crypto.spec import CircuitSpec
+from speed.owner.keys import OwnerKeys
+
+
+class ModelOwner:
+    """Owner of the secret key.  ``timings`` records compile and keygen seconds."""
+
+    def __init__(self, spec: CircuitSpec, cache_dir: Path | None = None, key_path: Path | None = None):
+        self.spec = spec
+        self.timings: dict[str, float] = {}
+        start = time.perf_counter()
+        path = server_program_path(spec, cache_dir or DEFAULT_CACHE_DIR)
+        self._program_bytes = path.read_bytes()
+        server_program = load_server_program(path)
+        self.timings["compile_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        self.keys = OwnerKeys(server_program, spec, key_path)
+        self.timings["keygen_s"] = time.perf_counter() - start
+        self.pads_issued: dict[str, tuple[int, int]] = {}
+
+    def circuit_bundle(self) -> messages.CircuitBundle:
+        return messages.CircuitBundle(
+            spec=self.spec.to_dict(), program=self._program_bytes, program_id=digest(self._program_bytes)
+        )
+
+    def evaluation_keys(self) -> messages.EvaluationKeys:
+        return self.keys.evaluation_keys()
+
+    def issue_pads(self, batch_id: int, holder_ids: range | list[int]) -> list[messages.Pad]:
+        """One fresh pad per holder for ``batch_id``."""
+        pads = [self.keys.new_pad(h, batch_id) for h in holder_ids]
+        for pad in pads:
+            self.pads_issued[pad.pad_id] = (pad.holder_id, batch_id)
+        return pads
+
+    def decrypt(self, labels: messages.EncryptedLabels) -> np.ndarray:
+        return self.keys.decrypt_labels(labels)

@@ -1,0 +1,119 @@
+"""The SPEED protocol run in one process: the same message objects the Flower deployment
+carries (``speed.messages``), passed by function call instead of over the network.
+
+Per batch of public queries (SPEC §2): owner → holders pads; holders → server encrypted
+noisy votes; server → owner encrypted argmax; owner records the batch in the privacy
+ledger (``before_release``) and only then decrypts and releases the labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from speed import messages
+from speed.crypto.spec import reference_argmax
+from speed.holder import DataHolder
+from speed.owner.owner import ModelOwner
+from speed.server import AggregationServer
+
+
+@dataclass
+class LabellingResult:
+    """Labels of the queried points and what it cost.  ``clear_*`` exist in simulation only."""
+
+    query_ids: np.ndarray
+    labels: np.ndarray
+    clear_noisy_argmax: np.ndarray
+    clear_noisy_sums: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, float] = field(default_factory=dict)
+
+
+def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0) -> list[messages.QueryBatch]:
+    ids = [int(q) for q in query_ids]
+    return [
+        messages.QueryBatch(batch_id=first_batch_id + b, query_ids=tuple(ids[s : s + batch_size]))
+        for b, s in enumerate(range(0, len(ids), batch_size))
+    ]
+
+
+def setup_parties(owner: ModelOwner, holders: list[DataHolder]) -> AggregationServer:
+    """Owner sends program + evaluation keys to the server and to every holder."""
+    bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
+    server = AggregationServer(bundle, keys)
+    for holder in holders:
+        holder.connect(bundle, keys)
+    return server
+
+
+def label_queries(
+    owner: ModelOwner,
+    server: AggregationServer,
+    holders: list[DataHolder],
+    public_x: np.ndarray,
+    query_ids: np.ndarray,
+    before_release: Callable[[messages.QueryBatch], None] | None = None,
+    progress: bool = True,
+) -> LabellingResult:
+    """Label ``public_x[query_ids]`` through the encrypted pipeline."""
+    spec = owner.spec
+    batches = make_batches(np.asarray(query_ids), spec.batch_size)
+    labels, clear_argmax, clear_sums = [], [], []
+    t = {"pads_s": 0.0, "holder_encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
+    vote_bytes = pad_bytes = label_bytes = 0
+    for batch in tqdm(batches, desc="encrypted labelling", unit="batch", disable=not progress):
+        n_real = len(batch.query_ids)
+        start = time.perf_counter()
+        pads = owner.issue_pads(batch.batch_id, range(spec.num_holders))
+        t["pads_s"] += time.perf_counter() - start
+        for holder, pad in zip(holders, pads):
+            holder.receive_pad(pad)
+            pad_bytes += pad.payload_bytes
+        x = public_x[list(batch.query_ids)]
+        votes, encoded_sum = [], np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
+        start = time.perf_counter()
+        for holder in holders:
+            vote, encoded = holder.answer(batch, x)
+            votes.append(vote)
+            encoded_sum += encoded
+            vote_bytes += vote.payload_bytes
+        t["holder_encrypt_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        encrypted = server.aggregate(batch, votes)
+        t["server_s"] += time.perf_counter() - start
+        label_bytes += encrypted.payload_bytes
+        if before_release is not None:
+            before_release(batch)
+        start = time.perf_counter()
+        labels.append(owner.decrypt(encrypted)[:n_real])
+        t["decrypt_s"] += time.perf_counter() - start
+        clear_sums.append(encoded_sum[:n_real])
+        clear_argmax.append(reference_argmax(encoded_sum[:n_real]))
+    num_queries = max(len(query_ids), 1)
+    timings = {
+        "pads_s": t["pads_s"],
+        "holder_encrypt_s_per_query": t["holder_encrypt_s"] / num_queries / spec.num_holders,
+        "server_s_per_query": t["server_s"] / num_queries,
+        "decrypt_s_per_query": t["decrypt_s"] / num_queries,
+        "server_total_s": t["server_s"],
+    }
+    sizes = {
+        "holder_to_server_bytes_per_query": vote_bytes / num_queries / spec.num_holders,
+        "owner_to_holder_pad_bytes_per_query": pad_bytes / num_queries / spec.num_holders,
+        "server_to_owner_bytes_per_query": label_bytes / num_queries,
+        "evaluation_key_bytes": len(owner.evaluation_keys().data),
+        "server_program_bytes": len(owner.circuit_bundle().program),
+    }
+    return LabellingResult(
+        query_ids=np.asarray(query_ids),
+        labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
+        clear_noisy_argmax=np.concatenate(clear_argmax) if clear_argmax else np.zeros(0, dtype=np.int64),
+        clear_noisy_sums=np.concatenate(clear_sums) if clear_sums else np.zeros((0, spec.num_classes)),
+        timings=timings,
+        bytes=sizes,
+    )
