@@ -1,0 +1,174 @@
+"""Key-model invariants: the server never holds secret material, pads are single use,
+bad ciphertexts and bad votes are refused with one-line errors and change no state."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import speed
+from speed import messages
+from speed.crypto.spec import CircuitSpec
+from speed.errors import CiphertextError, InputError, PadReuseError
+from speed.owner.owner import ModelOwner
+from speed.protocol import label_queries, setup_parties
+
+from conftest import make_holders
+
+SERVER_DIR = Path(speed.__file__).parent / "server"
+
+
+def _secret_key_windows(owner: ModelOwner) -> list[bytes]:
+    """A distinctive 256-byte window from the middle of every secret key's serialization."""
+    keyset = owner.keys._client.keys._keyset  # the test may look at the secret
+    windows = []
+    for key in keyset.get_client_keys().get_secret_keys():
+        data = key.serialize()
+        windows.append(data[len(data) // 2 : len(data) // 2 + 256])
+    full = owner.keys._client.keys.serialize()
+    assert all(w in full for w in windows)  # the check below can fail: these bytes are real
+    return windows
+
+
+def test_server_modules_never_import_key_material():
+    forbidden_modules = ("speed.owner",)
+    forbidden_names = {"Client", "Keys", "keygen", "ClientProgram"}
+    for path in SERVER_DIR.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith(forbidden_modules), f"{path} imports {node.module}"
+                assert not {a.name for a in node.names} & forbidden_names, f"{path} imports a key class"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith(forbidden_modules) for a in node.names)
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in forbidden_names, f"{path} uses .{node.attr}"
+
+
+def test_server_sees_no_secret_key(small_parties):
+    owner, server, holders, table = small_parties
+    received: list = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def aggregate(self, batch, votes):
+            received.append(batch)
+            received.extend(votes)
+            return self.inner.aggregate(batch, votes)
+
+    received.extend([owner.circuit_bundle(), owner.evaluation_keys()])
+    result = label_queries(owner, Spy(server), holders, np.arange(32), np.arange(4), progress=False)
+    assert (result.labels == result.clear_noisy_argmax).all()
+    allowed = (messages.CircuitBundle, messages.EvaluationKeys, messages.QueryBatch, messages.EncryptedVote)
+    assert all(isinstance(m, allowed) for m in received)
+    payloads = [m.program if isinstance(m, messages.CircuitBundle) else getattr(m, "data", b"") for m in received]
+    windows = _secret_key_windows(owner)
+    assert windows and all(len(w) == 256 for w in windows)
+    for window in windows:
+        assert all(window not in payload for payload in payloads)
+    # the server object's own state: nothing but public types
+    state_types = {type(v).__name__ for v in vars(server).values()}
+    assert state_types <= {"CircuitSpec", "str", "Server", "EvaluationKeys", "set", "int"}, state_types
+
+
+def test_labels_match_clear_noisy_argmax_with_ties(small_parties):
+    owner, server, holders, _ = small_parties
+    # every teacher answers class 0 for even queries, 1 for odd: many exact ties after noise
+    tied = np.tile(np.array([[0, 1, 2]]), (8, 1))
+    for h in holders:
+        h.predict = lambda q: tied[np.asarray(q), 0] * 0 + (np.asarray(q) % 2)
+    result = label_queries(owner, server, holders, np.arange(8), np.arange(8), progress=False)
+    assert (result.labels == result.clear_noisy_argmax).all()
+
+
+def test_reused_pad_is_refused_and_state_kept(small_parties):
+    owner, server, holders, _ = small_parties
+    batch = messages.QueryBatch(batch_id=0, query_ids=(0, 1))
+    pads = owner.issue_pads(0, range(3))
+    for h, p in zip(holders, pads):
+        h.receive_pad(p)
+    votes = [h.answer(batch, np.array([0, 1]))[0] for h in holders]
+    server.aggregate(batch, votes)
+    used_before = set(server.used_pad_ids)
+    with pytest.raises(PadReuseError, match="already used"):
+        server.aggregate(batch, votes)
+    assert server.used_pad_ids == used_before and server.batches_done == 1
+    # the holder side: a pad can be neither received twice nor used twice
+    with pytest.raises(PadReuseError):
+        holders[0].receive_pad(pads[0])
+    with pytest.raises(PadReuseError, match="no unused pad"):
+        holders[0].encrypt(0, np.zeros((2, 3), dtype=np.int64))
+
+
+def test_duplicate_pad_inside_one_batch_is_refused(small_parties):
+    owner, server, holders, _ = small_parties
+    batch = messages.QueryBatch(batch_id=5, query_ids=(0,))
+    for h, p in zip(holders, owner.issue_pads(5, range(3))):
+        h.receive_pad(p)
+    votes = [h.answer(batch, np.array([0]))[0] for h in holders]
+    forged = copy.replace(votes[1], pad_id=votes[0].pad_id) if hasattr(copy, "replace") else messages.EncryptedVote(
+        **{**votes[1].to_dict(), "pad_id": votes[0].pad_id})
+    with pytest.raises(PadReuseError):
+        server.aggregate(batch, [votes[0], forged, votes[2]])
+    assert not server.used_pad_ids
+
+
+def test_corrupted_and_foreign_ciphertexts_are_refused(small_parties, small_spec, tmp_path):
+    owner, server, holders, _ = small_parties
+    batch = messages.QueryBatch(batch_id=9, query_ids=(0, 1))
+    for h, p in zip(holders, owner.issue_pads(9, range(3))):
+        h.receive_pad(p)
+    votes = [h.answer(batch, np.array([0, 1]))[0] for h in holders]
+    corrupted = messages.EncryptedVote(**{**votes[0].to_dict(), "data": votes[0].data[: len(votes[0].data) // 3]})
+    with pytest.raises(CiphertextError):
+        server.aggregate(batch, [corrupted, *votes[1:]])
+    # another owner's keyset for the same circuit
+    other = ModelOwner(small_spec, cache_dir=tmp_path)
+    assert other.keys.keyset_id != owner.keys.keyset_id
+    foreign_holders = make_holders(small_spec, np.zeros((4, 3), dtype=np.int64))
+    setup_parties(other, foreign_holders)
+    for h, p in zip(foreign_holders, other.issue_pads(9, range(3))):
+        h.receive_pad(p)
+    foreign = foreign_holders[0].answer(batch, np.array([0, 1]))[0]
+    with pytest.raises(CiphertextError, match="keyset"):
+        server.aggregate(batch, [foreign, *votes[1:]])
+    with pytest.raises(CiphertextError, match="keyset"):
+        holders[0].receive_pad(other.issue_pads(10, [0])[0])
+    assert not server.used_pad_ids and server.batches_done == 0
+    # the honest votes still go through afterwards: nothing was lost
+    server.aggregate(batch, votes)
+
+
+def test_bad_votes_and_shapes(small_parties):
+    owner, server, holders, _ = small_parties
+    h = holders[0]
+    with pytest.raises(InputError, match="one-hot"):
+        h.noisy_votes(np.array([[1, 1, 0]]))
+    with pytest.raises(InputError, match="one-hot"):
+        h.noisy_votes(np.array([[2, 0, 0]]))
+    with pytest.raises(InputError, match=r"shape \(queries, 3\)"):
+        h.noisy_votes(np.array([[1, 0, 0, 0]]))
+    with pytest.raises(InputError, match="batch size"):
+        h.noisy_votes(np.eye(3, dtype=np.int64))
+    h.predict = lambda q: np.full(len(q), 7)
+    h.receive_pad(owner.issue_pads(3, [0])[0])
+    with pytest.raises(InputError, match="outside"):
+        h.answer(messages.QueryBatch(batch_id=3, query_ids=(0,)), np.array([0]))
+    batch = messages.QueryBatch(batch_id=4, query_ids=(0, 1))
+    with pytest.raises(InputError, match="one vote from each"):
+        server.aggregate(batch, [])
+
+
+def test_spec_rejects_out_of_range():
+    with pytest.raises(InputError, match="classes"):
+        CircuitSpec(num_holders=3, num_classes=1, noise_bound=1)
+    with pytest.raises(InputError, match="holders"):
+        CircuitSpec(num_holders=0, num_classes=3, noise_bound=1)
+    with pytest.raises(InputError, match="global_p_error"):
+        CircuitSpec(num_holders=3, num_classes=3, noise_bound=1, global_p_error=2)
