@@ -1,0 +1,89 @@
+"""Exactness of the homomorphic argmax against numpy (lowest index wins ties).
+
+Simulation (concrete's ``fhe_simulation``, same compiled integer semantics, no PBS noise)
+covers > 1,000 queries including exact ties, near ties and the extremes of the compiled
+range; real encrypted execution is covered by tests/test_key_model.py and test_demo.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from speed.crypto.circuit import compile_module
+from speed.crypto.spec import CircuitSpec, choose_noise_bound, reference_argmax, signed_width
+
+
+def _cases(spec: CircuitSpec, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """Holder values (N, B, K) inside the compiled range."""
+    n, b, k, a, p = spec.num_holders, spec.batch_size, spec.num_classes, spec.noise_bound, spec.resolution
+    votes = np.eye(k, dtype=np.int64)[rng.integers(0, k, size=(n, b))] * p
+    if kind == "random":
+        noise = rng.integers(-a, a + 1, size=(n, b, k))
+        noise[1:] = 0  # total noise per class stays in [-A, A]
+    elif kind == "ties":  # two or more classes share the maximum exactly
+        votes = np.zeros((n, b, k), dtype=np.int64)
+        noise = np.zeros((n, b, k), dtype=np.int64)
+        noise[0] = rng.integers(-a, p + a, size=(b, k))
+        for q in range(b):
+            tied = rng.choice(k, size=rng.integers(2, k + 1), replace=False)
+            noise[0, q, tied] = noise[0, q].max() + (1 if noise[0, q].max() < p + a else 0)
+        assert (np.sort(noise.sum(0), axis=-1)[:, -1] == np.sort(noise.sum(0), axis=-1)[:, -2]).all()
+    elif kind == "near":  # maxima differing by one lattice step
+        noise = np.zeros((n, b, k), dtype=np.int64)
+        noise[0] = rng.integers(-1, 2, size=(b, k))
+    else:  # extremes: one class at N·P + A, the others at −A, random positions
+        votes = np.zeros((n, b, k), dtype=np.int64)
+        winners = rng.integers(0, k, size=b)
+        votes[:, np.arange(b), winners] = p
+        noise = np.full((n, b, k), 0, dtype=np.int64)
+        noise[0] = -a
+        noise[0, np.arange(b), winners] = a
+    return votes + noise
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, batch_size=100)
+    return spec, compile_module(spec, simulate=True)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "near", "extremes"])
+def test_simulated_argmax_is_exact(simulated, kind):
+    spec, module = simulated
+    rng = np.random.default_rng({"random": 1, "ties": 2, "near": 3, "extremes": 4}[kind])
+    calls = 3 if kind in ("random", "ties") else 2
+    for _ in range(calls):
+        values = _cases(spec, rng, kind)
+        sums = values.sum(axis=0)
+        low, high = spec.sum_range
+        assert sums.min() >= low and sums.max() <= high
+        got = np.asarray(module.aggregate.simulate(*[values[i] for i in range(spec.num_holders)]))
+        np.testing.assert_array_equal(got, reference_argmax(sums))
+    # 10 calls × 100 queries = 1,000 simulated queries over the four kinds
+
+
+def test_difference_width_covers_range():
+    for n, p, a in [(1, 1, 0), (20, 1, 8), (250, 1, 12), (250, 1000, 9000)]:
+        spec = CircuitSpec(num_holders=n, num_classes=3, noise_bound=a, resolution=p)
+        w = spec.difference_width
+        assert -(2 ** (w - 1)) <= -spec.difference_bound and spec.difference_bound <= 2 ** (w - 1) - 1
+        assert w == signed_width(-spec.difference_bound, spec.difference_bound)
+        assert spec.difference_bound > 2 ** (w - 2) - 1  # minimal
+
+
+def test_noise_bound_meets_failure_probability():
+    spec_args = dict(num_holders=250, num_classes=10, scale=1 / 3.3, resolution=1)
+    a = choose_noise_bound(**spec_args, failure_probability=1e-12)
+    spec = CircuitSpec(num_holders=250, num_classes=10, noise_bound=a)
+    assert spec.noise_failure_probability(1 / 3.3) <= 1e-12
+    smaller = CircuitSpec(num_holders=250, num_classes=10, noise_bound=a - 1)
+    assert smaller.noise_failure_probability(1 / 3.3) > 1e-12
+    # Monte Carlo sanity of the tail at a small bound
+    from speed.privacy.noise import sample_lattice_shares
+
+    rng = np.random.default_rng(0)
+    z = sample_lattice_shares(250, 1, 1.0, 1, rng, rows=250 * 4000).reshape(4000, 250).sum(axis=1)
+    empirical = np.mean(np.abs(z) > 3)
+    q = np.exp(-1.0)
+    assert abs(empirical - 2 * q**4 / (1 + q)) < 0.02
