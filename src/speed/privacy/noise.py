@@ -12,11 +12,25 @@ Two families of shares, both summing *exactly* over the N holders:
   common p add their r, so the N shares sum to Geometric − Geometric, the discrete
   Laplace law P(z) ∝ e^{−|z|/(λP)}.
 
-Randomness: ``rng=None`` is production mode: uniforms come from the operating
-system's CSPRNG (``os.urandom``) and are turned into samples by inverse-CDF with
-scipy's quantile functions.  Passing a ``numpy.random.Generator`` is seeded
-experiment mode (reproducible, NOT for production); :func:`holder_generators`
+Randomness: ``rng=None`` is production mode: randomness comes from the operating
+system's CSPRNG (``os.urandom``) and is turned into samples by inversion with scipy's
+quantile functions.  The inversion is *two-sided*: a fair bit picks the lower or upper
+half and ``V`` uniform on (0, 1/2] is drawn with full floating-point relative precision
+(random exponent + 52-bit mantissa, :func:`os_half_uniform`), then the sample is
+``ppf(V)`` or ``isf(V)``.  Every value, however far in a tail, is thus drawn with
+probability correct to ~1e−15 *relative* error (scipy's incomplete gamma/beta
+inverses), instead of the absolute 2^−53 granularity of ``ppf(U)`` that would silently
+cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
+seeded experiment mode (reproducible, NOT for production); :func:`holder_generators`
 gives each holder an independent stream via ``SeedSequence.spawn``.
+
+Range of the encrypted circuit: no holder can clip the noise (each sees only its own
+share), so the circuit's range must hold the whole sum.  Choose the noise bound A with
+:func:`speed.privacy.lattice.noise_bound_for` (A ≈ λP·ln(2KQ/β) lattice steps for
+failure probability β over K classes and Q queries); beyond A the encoded counts wrap
+around.  The histogram-level DP bound still holds (the output is a function of the noisy
+counts), the tighter argmax bound and the label's correctness only up to β, which the
+owner's ledger folds into δ (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from scipy import stats
 __all__ = [
     "holder_generators",
     "lattice_success_probability",
+    "os_half_uniform",
     "os_uniform",
     "sample_lattice_shares",
     "sample_shares",
@@ -44,12 +59,55 @@ def _check_common(num_holders: int, num_classes: int, scale: float) -> None:
         raise ValueError(f"noise scale λ must be a positive finite number, got {scale!r}")
 
 
+def _shape_of(size: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    shape = (int(size),) if np.ndim(size) == 0 else tuple(int(x) for x in size)
+    return shape, (int(np.prod(shape)) if shape else 1)
+
+
 def os_uniform(size: int | tuple[int, ...]) -> np.ndarray:
-    """Uniform floats in the open interval (0, 1) from the OS CSPRNG (53 random bits each)."""
-    shape = (size,) if isinstance(size, int) else tuple(size)
+    """Uniform floats in the open interval (0, 1) from the OS CSPRNG (52 random bits each).
+
+    ``(w + 1/2) 2^−52`` with w < 2^52 is exact in float64, so 0 and 1 never occur.
+    """
+    shape, count = _shape_of(size)
+    words = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(12)
+    return ((words.astype(np.float64) + 0.5) * 2.0**-52).reshape(shape)
+
+
+def os_half_uniform(size: int | tuple[int, ...]) -> np.ndarray:
+    """Uniform on (0, 1/2] with full relative precision near 0, from the OS CSPRNG.
+
+    V = 2^{−2−J} (1 + M 2^{−52}) with J the number of leading zero bits of a random bit
+    string (Pr[J = j] = 2^{−j−1}) and M a uniform 52-bit mantissa: each binade
+    [2^{−2−j}, 2^{−1−j}) gets its exact probability and 2^52 equally likely points.
+    """
+    shape, count = _shape_of(size)
+    zeros = np.zeros(count, dtype=np.int64)
+    todo = np.arange(count)
+    while todo.size:
+        words = np.frombuffer(os.urandom(8 * todo.size), dtype=np.uint64) >> np.uint64(11)
+        # 53 random bits, exact as float64; frexp gives the top set bit's position
+        _, expo = np.frexp(words.astype(np.float64))
+        empty = words == 0
+        zeros[todo] += np.where(empty, 53, 53 - expo)
+        todo = todo[empty & (zeros[todo] < 1070)]
+    zeros = np.minimum(zeros, 1070)
+    mant = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(12)
+    v = np.ldexp(1.0 + mant.astype(np.float64) * 2.0**-52, (-2 - zeros).astype(np.int32))
+    return v.reshape(shape)
+
+
+def _os_bits(count: int) -> np.ndarray:
+    return (np.frombuffer(os.urandom(count), dtype=np.uint8) & 1).astype(bool)
+
+
+def _os_inverse(dist, shape: tuple[int, ...]) -> np.ndarray:
+    """Two-sided inversion: X = ppf(V) or isf(V) with a fair bit (module docstring)."""
     count = int(np.prod(shape)) if shape else 1
-    words = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(11)
-    return ((words.astype(np.float64) + 0.5) * 2.0**-53).reshape(shape)
+    v = os_half_uniform(count)
+    upper = _os_bits(count)
+    out = np.where(upper, dist.isf(v), dist.ppf(v))
+    return out.reshape(shape)
 
 
 def holder_generators(seed: int, num_holders: int) -> list[np.random.Generator]:
@@ -72,8 +130,9 @@ def sample_shares(
     shape = (num_holders, num_classes)
     a = 1.0 / num_holders
     if rng is None:
-        g1 = stats.gamma.ppf(os_uniform(shape), a, scale=scale)
-        g2 = stats.gamma.ppf(os_uniform(shape), a, scale=scale)
+        dist = stats.gamma(a, scale=scale)
+        g1 = _os_inverse(dist, shape)
+        g2 = _os_inverse(dist, shape)
     else:
         g1 = rng.gamma(a, scale, size=shape)
         g2 = rng.gamma(a, scale, size=shape)
@@ -109,8 +168,11 @@ def sample_lattice_shares(
     r = 1.0 / num_holders
     success = lattice_success_probability(scale, resolution)
     if rng is None:
-        x = stats.nbinom.ppf(os_uniform(shape), r, success)
-        y = stats.nbinom.ppf(os_uniform(shape), r, success)
+        dist = stats.nbinom(r, success)
+        x = _os_inverse(dist, shape)
+        y = _os_inverse(dist, shape)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):  # pragma: no cover
+            raise RuntimeError("lattice share sampler produced a non-finite value")
     else:
         x = rng.negative_binomial(r, success, size=shape)
         y = rng.negative_binomial(r, success, size=shape)
