@@ -24,7 +24,7 @@ class ModelOwner:
         start = time.perf_counter()
         path = server_program_path(spec, cache_dir or DEFAULT_CACHE_DIR)
         self._program_bytes = path.read_bytes()
-        server_program = load_server_program(path)
+        server_program = self._server_program = load_server_program(path)
         self.timings["compile_s"] = time.perf_counter() - start
         start = time.perf_counter()
         self.keys = OwnerKeys(server_program, spec, key_path)
@@ -48,3 +48,11 @@ class ModelOwner:
 
     def decrypt(self, labels: messages.EncryptedLabels) -> np.ndarray:
         return self.keys.decrypt_labels(labels)
+
+    def pbs_count(self) -> int:
+        """Programmable bootstraps of one ``aggregate`` call (all queries of a batch)."""
+        return int(self._server_program.programmable_bootstrap_count("aggregate"))
+
+    def p_error(self) -> float:
+        """concrete's error probability of one PBS, and of the whole circuit: global_p_error."""
+        return float(self._server_program.p_error)
