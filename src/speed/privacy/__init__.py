@@ -1,0 +1,68 @@
+"""SPEED's differential-privacy layer: distributed noise shares, the collusion-aware
+accountant (continuous and lattice mechanisms) and the owner's durable privacy ledger.
+
+* :mod:`speed.privacy.noise` — noise shares (SPEC §3, §3b).
+* :mod:`speed.privacy.accountant` — the paper's analysis for Gamma-difference noise (SPEC §4).
+* :mod:`speed.privacy.lattice` — rigorous accountant for the lattice noise of the encrypted
+  pipeline, and the noise bound / overflow probability for the circuit's range.
+* :mod:`speed.privacy.ledger` — append-only fsync-ed ledger and budget guard.
+
+See docs/privacy.md for the formulas, their sources and which ε may be published.
+"""
+
+from speed.privacy.accountant import (
+    DEFAULT_MOMENTS,
+    epsilon,
+    moments_accountant,
+    moments_alpha,
+    per_query_epsilon,
+    per_query_epsilon_parts,
+    q_bound,
+    vg_cdf,
+    vg_pdf,
+)
+from speed.privacy.lattice import (
+    continuous_argmax_epsilon,
+    continuous_q,
+    lattice_epsilon,
+    lattice_log_pmf,
+    lattice_per_query_epsilon,
+    lattice_q_bound,
+    lattice_tail_probability,
+    noise_bound_for,
+)
+from speed.privacy.ledger import PrivacyAccountant, PrivacyLedger
+from speed.privacy.noise import (
+    holder_generators,
+    lattice_success_probability,
+    os_uniform,
+    sample_lattice_shares,
+    sample_shares,
+)
+
+__all__ = [
+    "DEFAULT_MOMENTS",
+    "PrivacyAccountant",
+    "PrivacyLedger",
+    "continuous_argmax_epsilon",
+    "continuous_q",
+    "epsilon",
+    "holder_generators",
+    "lattice_epsilon",
+    "lattice_log_pmf",
+    "lattice_per_query_epsilon",
+    "lattice_q_bound",
+    "lattice_success_probability",
+    "lattice_tail_probability",
+    "moments_accountant",
+    "moments_alpha",
+    "noise_bound_for",
+    "os_uniform",
+    "per_query_epsilon",
+    "per_query_epsilon_parts",
+    "q_bound",
+    "sample_lattice_shares",
+    "sample_shares",
+    "vg_cdf",
+    "vg_pdf",
+]
