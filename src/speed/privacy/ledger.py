@@ -1,0 +1,507 @@
+"""The model owner's durable privacy ledger and budget guard.
+
+One JSON line per answered query, appended and ``fsync``-ed BEFORE the caller releases the
+label (call :meth:`PrivacyLedger.record`, and only when it returns, release).  A query that
+was recorded but whose label was never released is over-counted, never under-counted.
+
+File format (``.jsonl``): each line is a JSON object with sorted keys and a ``crc``
+(CRC-32 of the same object without ``crc``).  A record exists once its terminating newline
+is on disk.  On opening, a trailing fragment without newline (a write torn by ``kill -9``
+or a crash) is dropped and the file truncated back to the last complete record — that
+query was never acknowledged, so its label was never released.  Any other unreadable line
+is corruption and opening fails loudly (a silently shorter ledger would under-state ε).
+An exclusive ``flock`` keeps two owners from appending to the same ledger.
+
+The running ε is the data-independent moments-accountant bound (publishable): in a
+deployment nobody sees vote counts.  Where counts are passed (clear-text simulation and
+research runs) the data-dependent bound is also computed and labelled not publishable
+without smooth-sensitivity sanitisation (PATE 2018).  Overflow/failure probabilities of
+the encrypted argmax are summed into ``B`` and folded into δ as
+``δ_total = δ + (1 + e^ε) B`` (coupling: the real transcript equals the ideal one except
+with probability ≤ B; docs/privacy.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import math
+import os
+import time
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speed.errors import BudgetExhaustedError, InputError, SpeedError
+from speed.privacy import accountant as _acc
+
+__all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
+
+LEDGER_VERSION = 1
+_NOT_PUBLISHABLE = (
+    "data-dependent ε uses the private vote counts: not publishable without "
+    "smooth-sensitivity sanitisation (Papernot et al., PATE 2018)"
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _query_epsilon(mechanism: str, gamma: float, tau: float, resolution: int | None) -> float:
+    if mechanism == "gamma":
+        return _acc.per_query_epsilon(gamma, tau)
+    from speed.privacy.lattice import lattice_per_query_epsilon
+
+    return lattice_per_query_epsilon(gamma, tau, resolution)
+
+
+def _check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple[str, float, float, int | None]:
+    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
+    if mechanism == "lattice":
+        resolution = _acc._require_resolution(resolution)
+    else:
+        _acc._check_mechanism(mechanism, resolution)
+    return mechanism, g, t, resolution
+
+
+def _log_delta_total(delta: float, eps: float, failure: float) -> float:
+    if failure <= 0:
+        return math.log(delta)
+    return float(np.logaddexp(math.log(delta), math.log(failure) + np.logaddexp(0.0, eps)))
+
+
+class PrivacyAccountant:
+    """In-memory accountant for heterogeneous queries (Opacus-style ``history`` / ``state_dict``).
+
+    ``history`` is a list of ``[mechanism, gamma, tau, resolution, count]`` entries; consecutive
+    identical queries are merged (as Opacus' RDP accountant does with steps).
+    """
+
+    def __init__(self, moments: int = _acc.DEFAULT_MOMENTS) -> None:
+        self.moments = _acc.check_moments(moments)
+        self.history: list[list[Any]] = []
+        self.failure_probability = 0.0
+        self._alpha = np.zeros(self.moments)
+        self._basic = 0.0
+        self._num = 0
+        # data-dependent part: only while every query came with counts
+        self._alpha_dd: np.ndarray | None = np.zeros(self.moments)
+
+    # -- bookkeeping
+    def _alpha_of(self, eps_q: float, count: int) -> np.ndarray:
+        return count * _acc.moments_alpha([eps_q], None, self.moments)[0]
+
+    def step(self, *, gamma: float, tau: float, mechanism: str = "gamma",
+             resolution: int | None = None, counts: Any = None,
+             failure_probability: float = 0.0, num_queries: int = 1) -> float:
+        """Account for ``num_queries`` answered queries; returns their per-query ε."""
+        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
+        n = int(num_queries)
+        if n < 1:
+            raise InputError(f"num_queries must be ≥ 1, got {num_queries!r}")
+        fp = float(failure_probability)
+        if not (0.0 <= fp <= 1.0):
+            raise InputError(f"failure_probability must lie in [0, 1], got {failure_probability!r}")
+        eps_q = _query_epsilon(mechanism, g, t, res)
+        dd = self._dd_alpha(counts, eps_q, mechanism, g, t, res, n)
+        self._alpha = self._alpha + self._alpha_of(eps_q, n)
+        self._basic += n * eps_q
+        self._num += n
+        self.failure_probability += n * fp
+        self._alpha_dd = None if (dd is None or self._alpha_dd is None) else self._alpha_dd + dd
+        key = [mechanism, g, t, res]
+        if self.history and self.history[-1][:4] == key:
+            self.history[-1][4] += n
+        else:
+            self.history.append(key + [n])
+        return eps_q
+
+    def _dd_alpha(self, counts: Any, eps_q: float, mechanism: str, g: float, t: float,
+                  res: int | None, n: int) -> np.ndarray | None:
+        if counts is None:
+            return None
+        arr = _acc.check_counts(counts)
+        if arr.shape[0] != n:
+            raise InputError(f"counts has {arr.shape[0]} rows for {n} queries")
+        if mechanism == "gamma":
+            k = arr.shape[1]
+            log_q = np.minimum(_acc.log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k))
+        else:
+            from speed.privacy.lattice import _log_q_lattice
+
+            log_q = np.minimum(_log_q_lattice(arr, g, t, res, eps_q, self.moments), 0.0)
+        return _acc.moments_alpha(np.full(n, eps_q), log_q, self.moments).sum(axis=0)
+
+    # -- queries
+    @property
+    def num_queries(self) -> int:
+        return self._num
+
+    def _eps(self, alpha: np.ndarray, basic: float, delta: float) -> tuple[float, int, str]:
+        value, order = _acc.moments_accountant(alpha, delta)
+        if basic <= value:
+            return basic, order, "basic_composition"
+        return value, order, "moments"
+
+    def get_epsilon(self, delta: float) -> float:
+        """Data-independent ε at δ (the publishable number)."""
+        return self._eps(self._alpha, self._basic, _acc.check_delta(delta))[0]
+
+    def projected_epsilon(self, delta: float, *, gamma: float, tau: float, mechanism: str = "gamma",
+                          resolution: int | None = None, num_queries: int = 1) -> float:
+        """Data-independent ε after ``num_queries`` more queries of the given kind (nothing recorded)."""
+        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
+        eps_q = _query_epsilon(mechanism, g, t, res)
+        alpha = self._alpha + self._alpha_of(eps_q, num_queries)
+        return self._eps(alpha, self._basic + num_queries * eps_q, _acc.check_delta(delta))[0]
+
+    def get_privacy_spent(self, delta: float) -> dict[str, Any]:
+        d = _acc.check_delta(delta)
+        eps, order, method = self._eps(self._alpha, self._basic, d)
+        out: dict[str, Any] = {
+            "epsilon": eps,
+            "delta": d,
+            "order": order,
+            "method": method,
+            "num_queries": self._num,
+            "basic_composition": self._basic,
+            "failure_probability": self.failure_probability,
+            "delta_total": math.exp(min(0.0, _log_delta_total(d, eps, self.failure_probability))),
+            "publishable": True,
+            "data_dependent": None,
+            "data_dependent_note": _NOT_PUBLISHABLE,
+        }
+        if self._alpha_dd is not None and self._num > 0:
+            dd, dd_order, dd_method = self._eps(self._alpha_dd, self._basic, d)
+            out.update(
+                data_dependent=dd,
+                data_dependent_order=dd_order,
+                data_dependent_method=dd_method,
+                data_dependent_delta_total=min(
+                    1.0, math.exp(min(0.0, _log_delta_total(d, dd, self.failure_probability)))
+                ),
+            )
+        return out
+
+    # -- persistence of the in-memory state
+    def state_dict(self, destination: dict | None = None) -> dict[str, Any]:
+        dest = OrderedDict() if destination is None else destination
+        dest["history"] = [list(h) for h in self.history]
+        dest["moments"] = self.moments
+        dest["failure_probability"] = self.failure_probability
+        dest["data_dependent_alpha"] = None if self._alpha_dd is None else self._alpha_dd.tolist()
+        dest["mechanism"] = "speed-moments"
+        return dest
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        moments = _acc.check_moments(state_dict.get("moments", _acc.DEFAULT_MOMENTS))
+        fresh = PrivacyAccountant(moments)
+        for mechanism, g, t, res, n in state_dict["history"]:
+            fresh.step(gamma=g, tau=t, mechanism=mechanism, resolution=res, num_queries=int(n))
+        dd = state_dict.get("data_dependent_alpha")
+        if dd is not None and len(dd) != moments:
+            raise InputError("data_dependent_alpha does not match the number of moments")
+        self.moments = fresh.moments
+        self.history = fresh.history
+        self._alpha, self._basic, self._num = fresh._alpha, fresh._basic, fresh._num
+        self.failure_probability = float(state_dict.get("failure_probability", 0.0))
+        self._alpha_dd = None if dd is None else np.asarray(dd, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------- ledger
+def _crc(obj: dict[str, Any]) -> int:
+    body = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return zlib.crc32(body.encode("ascii"))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+class PrivacyLedger:
+    """Append-only, fsync-ed JSON-lines ledger of answered queries, with a budget guard.
+
+    Defaults for the query parameters (``gamma``, ``tau``, ``mechanism``, ``resolution``,
+    ``num_holders``, ``expected_holders``) may be given once here and overridden per
+    :meth:`record`.  ``max_epsilon`` (data-independent ε at the ledger's ``delta``) is the
+    default budget for :meth:`record` and :meth:`check_budget`.  ``read_only=True`` opens
+    an existing ledger for inspection without locking or repairing it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        run_id: str | None = None,
+        delta: float = 1e-5,
+        moments: int = _acc.DEFAULT_MOMENTS,
+        max_epsilon: float | None = None,
+        gamma: float | None = None,
+        tau: float | None = None,
+        mechanism: str = "gamma",
+        resolution: int | None = None,
+        num_holders: int | None = None,
+        expected_holders: int | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.delta = _acc.check_delta(delta)
+        self.max_epsilon = None if max_epsilon is None else self._check_max(max_epsilon)
+        self.run_id = str(run_id) if run_id is not None else time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
+        self.defaults = {
+            "gamma": gamma, "tau": tau, "mechanism": mechanism, "resolution": resolution,
+            "num_holders": num_holders, "expected_holders": expected_holders,
+        }
+        self.read_only = bool(read_only)
+        self.accountant = PrivacyAccountant(moments)
+        self.records: list[dict[str, Any]] = []
+        self.repaired_bytes = 0
+        self._fd: int | None = None
+        self._seen: set[tuple[str, str]] = set()
+        self._open()
+
+    # -- opening, loading, repairing
+    def _open(self) -> None:
+        if self.read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"privacy ledger {self.path} does not exist")
+            self._load(self.path.read_bytes(), repair=False)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpeedError(f"privacy ledger {self.path} is in use by another process") from None
+        self._fd = fd
+        if created:
+            _fsync_dir(self.path.parent)
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0) if size else b""
+            self._load(data, repair=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, data: bytes, *, repair: bool) -> None:
+        end = data.rfind(b"\n") + 1  # 0 when there is no complete line
+        if end < len(data):
+            self.repaired_bytes = len(data) - end
+            if repair:
+                assert self._fd is not None
+                os.ftruncate(self._fd, end)
+                os.fsync(self._fd)
+        for lineno, raw in enumerate(data[:end].splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                crc = rec.pop("crc")
+            except (ValueError, KeyError, AttributeError, UnicodeDecodeError):
+                raise SpeedError(f"privacy ledger {self.path} is corrupted at line {lineno}") from None
+            if _crc(rec) != crc:
+                raise SpeedError(f"privacy ledger {self.path}: checksum mismatch at line {lineno}")
+            self._apply(rec)
+
+    def _apply(self, rec: dict[str, Any]) -> None:
+        self.accountant.step(
+            gamma=rec["gamma"], tau=rec["tau_effective"], mechanism=rec["mechanism"],
+            resolution=rec["resolution"], counts=rec.get("counts"),
+            failure_probability=rec["failure_probability"],
+        )
+        self.records.append(rec)
+        self._seen.add((str(rec["run_id"]), json.dumps(rec["query_id"])))
+
+    # -- query parameters
+    @staticmethod
+    def _check_max(max_epsilon: Any) -> float:
+        m = float(max_epsilon)
+        if not (m > 0 and math.isfinite(m)):
+            raise InputError(f"max_epsilon must be a positive number, got {max_epsilon!r}")
+        return m
+
+    def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        q = dict(self.defaults)
+        q.update({k: v for k, v in overrides.items() if v is not None})
+        if q["gamma"] is None or q["tau"] is None:
+            raise InputError("the ledger needs gamma and tau (as defaults or per query)")
+        mechanism, g, t, res = _check_query(q["mechanism"], q["gamma"], q["tau"], q["resolution"])
+        n, e = q["num_holders"], q["expected_holders"]
+        if n is not None and (int(n) != n or n < 1):
+            raise InputError(f"num_holders must be a positive integer, got {n!r}")
+        if e is not None and (int(e) != e or e < 1):
+            raise InputError(f"expected_holders must be a positive integer, got {e!r}")
+        t_eff = t
+        if n is not None and e is not None:
+            if n > e:
+                raise InputError(f"{n} holders answered but only {e} were expected")
+            # worst case: every missing holder was one of the honest ones
+            t_eff = t - (e - n) / e
+            if t_eff <= 1e-12:
+                raise InputError(
+                    f"with {e - n} of {e} holders missing, no secret noise is guaranteed "
+                    f"(τ = {t} assumed): refusing to account this query"
+                )
+        return {"mechanism": mechanism, "gamma": g, "tau": t, "tau_effective": t_eff,
+                "resolution": res, "num_holders": None if n is None else int(n),
+                "expected_holders": None if e is None else int(e)}
+
+    # -- API
+    def epsilon(self, delta: float | None = None) -> dict[str, Any]:
+        """Running privacy spent (data-independent, publishable; data-dependent if counts were given)."""
+        return self.accountant.get_privacy_spent(self.delta if delta is None else delta)
+
+    @property
+    def num_queries(self) -> int:
+        return self.accountant.num_queries
+
+    @property
+    def history(self) -> list[list[Any]]:
+        return self.accountant.history
+
+    def answered_query_ids(self, run_id: str | None = None) -> set[Any]:
+        """Query ids already charged in ``run_id`` (default: this ledger's run) — skip them on resume."""
+        rid = self.run_id if run_id is None else str(run_id)
+        return {r["query_id"] for r in self.records if str(r["run_id"]) == rid}
+
+    def check_budget(self, max_epsilon: float | None = None, *, num_queries: int = 1,
+                     query_id: Any = None, **query: Any) -> float:
+        """Raise :class:`BudgetExhaustedError` if ``num_queries`` more queries would exceed the budget.
+
+        Returns the projected data-independent ε.  Query parameters default to the ledger's.
+        """
+        limit = self.max_epsilon if max_epsilon is None else self._check_max(max_epsilon)
+        q = self._resolve(query)
+        projected = self.accountant.projected_epsilon(
+            self.delta, gamma=q["gamma"], tau=q["tau_effective"], mechanism=q["mechanism"],
+            resolution=q["resolution"], num_queries=num_queries,
+        )
+        if limit is not None and projected > limit:
+            current = self.accountant.get_epsilon(self.delta)
+            what = f"query {query_id!r}" if query_id is not None else (
+                "one more query" if num_queries == 1 else f"{num_queries} more queries")
+            raise BudgetExhaustedError(
+                f"answering {what} would raise ε from {current:.4f} to {projected:.4f} "
+                f"> max {limit:g} (δ = {self.delta:g}, data-independent)"
+            )
+        return projected
+
+    def record(
+        self,
+        query_id: str | int,
+        *,
+        gamma: float | None = None,
+        tau: float | None = None,
+        num_holders: int | None = None,
+        expected_holders: int | None = None,
+        mechanism: str | None = None,
+        resolution: int | None = None,
+        failure_probability: float = 0.0,
+        counts: Any = None,
+        max_epsilon: float | None = None,
+    ) -> dict[str, Any]:
+        """Charge one answered query; durable (fsync-ed) when this returns. Release the label after.
+
+        Raises :class:`BudgetExhaustedError` (nothing written) if the budget would be exceeded,
+        and :class:`InputError` if ``query_id`` was already charged in this run.
+        """
+        if self.read_only or self._fd is None:
+            raise SpeedError("this privacy ledger is open read-only (or closed)")
+        if isinstance(query_id, bool) or not isinstance(query_id, (str, int)):
+            raise InputError(f"query_id must be a string or an integer, got {query_id!r}")
+        if (self.run_id, json.dumps(query_id)) in self._seen:
+            raise InputError(
+                f"query {query_id!r} was already answered and charged in run {self.run_id!r}; "
+                "skip it when resuming (answered_query_ids())"
+            )
+        fp = float(failure_probability)
+        if not (0.0 <= fp <= 1.0):
+            raise InputError(f"failure_probability must lie in [0, 1], got {failure_probability!r}")
+        q = self._resolve({"gamma": gamma, "tau": tau, "num_holders": num_holders,
+                           "expected_holders": expected_holders, "mechanism": mechanism,
+                           "resolution": resolution})
+        self.check_budget(max_epsilon, query_id=query_id, gamma=q["gamma"], tau=q["tau"],
+                          mechanism=q["mechanism"], resolution=q["resolution"],
+                          num_holders=q["num_holders"], expected_holders=q["expected_holders"])
+        rec: dict[str, Any] = {
+            "v": LEDGER_VERSION,
+            "run_id": self.run_id,
+            "query_id": query_id,
+            **q,
+            "per_query_epsilon": _query_epsilon(q["mechanism"], q["gamma"], q["tau_effective"],
+                                                q["resolution"]),
+            "failure_probability": fp,
+            "time": time.time(),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if counts is not None:
+            arr = _acc.check_counts(counts, allow_2d=False)[0]
+            rec["counts"] = [int(c) if float(c).is_integer() else float(c) for c in arr]
+            rec["simulation"] = True
+        line = dict(rec)
+        line["crc"] = _crc(rec)
+        data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+        # validate against the accountant first (cannot fail after the write)
+        probe = PrivacyAccountant(self.accountant.moments)
+        probe.step(gamma=rec["gamma"], tau=rec["tau_effective"], mechanism=rec["mechanism"],
+                   resolution=rec["resolution"], counts=rec.get("counts"), failure_probability=fp)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+        self._apply(rec)
+        return rec
+
+    # -- Opacus-style state
+    def state_dict(self, destination: dict | None = None) -> dict[str, Any]:
+        dest = self.accountant.state_dict(destination)
+        dest["path"] = str(self.path)
+        dest["run_id"] = self.run_id
+        dest["delta"] = self.delta
+        dest["num_records"] = len(self.records)
+        return dest
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that ``state_dict`` agrees with the ledger on disk (the file is the source of truth)."""
+        other = PrivacyAccountant(state_dict.get("moments", self.accountant.moments))
+        other.load_state_dict(state_dict)
+        if other.history != self.accountant.history:
+            raise SpeedError(
+                "state_dict disagrees with the privacy ledger on disk; the ledger file is "
+                "authoritative"
+            )
+
+    # -- lifetime
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "PrivacyLedger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
