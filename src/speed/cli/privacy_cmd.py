@@ -1,0 +1,178 @@
+"""``speed privacy``: per-query ε, total ε of a set of answered queries, or a ledger's running ε.
+
+Examples::
+
+    speed privacy --gamma 3.3 --tau 1 0.9 0.7
+    speed privacy --counts votes.npy --gamma 3.3 --tau 0.9 --delta 1e-5
+    speed privacy --counts votes.npy --gamma 3.3 --tau 0.9 --mechanism lattice --resolution 1000 --json
+    speed privacy --ledger owner/privacy-ledger.jsonl --delta 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speed.errors import InputError
+
+PUBLISH_LINE = (
+    "Publish only the data-independent ε. The data-dependent ε depends on the private votes; "
+    "releasing it needs smooth-sensitivity sanitisation (PATE 2018)."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "privacy",
+        help="privacy accounting: per-query ε, total ε of answered queries, ledger status",
+        description=(
+            "SPEED's collusion-aware privacy accountant (SPEC §4). Without --counts, prints the "
+            "per-query ε for each τ; with --counts (a (Q, K) .npy array of vote counts), prints "
+            "the data-independent (publishable) and data-dependent (not publishable) ε; with "
+            "--ledger, the running ε of an owner's privacy ledger."
+        ),
+    )
+    p.add_argument("--gamma", type=float, help="γ = 1/λ, inverse Laplace scale of the full noise")
+    p.add_argument("--tau", type=float, nargs="+", default=[1.0],
+                   help="fraction(s) of holders whose noise stays secret, in (0, 1] (default 1)")
+    p.add_argument("--counts", type=Path, help="(Q, K) .npy array of vote counts of the answered queries")
+    p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
+    p.add_argument("--moments", type=int, default=25, help="highest moment order L (default 25)")
+    p.add_argument("--mechanism", choices=("gamma", "lattice"), default="gamma",
+                   help="gamma: the paper's continuous analysis; lattice: the encrypted pipeline's noise")
+    p.add_argument("--resolution", type=int, help="lattice steps per vote P (with --mechanism lattice)")
+    p.add_argument("--ledger", type=Path, help="print the running ε of this privacy ledger (read-only)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def _load_counts(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"counts file {path} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read {path} as a .npy array of vote counts ({exc})") from None
+    if arr.ndim != 2:
+        raise InputError(f"{path}: counts must be a (Q, K) array, got shape {arr.shape}")
+    return arr
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return "inf" if math.isinf(x) else f"{x:.4f}"
+    return str(x)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]], footer: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right" if c not in ("mechanism", "publishable") else "left")
+    for r in rows:
+        table.add_row(*[_fmt(v) for v in r])
+    console.print(table)
+    if footer:
+        console.print(footer)
+
+
+def _per_query(args: argparse.Namespace) -> int:
+    from speed.privacy import lattice_per_query_epsilon, per_query_epsilon, per_query_epsilon_parts
+
+    rows, out = [], []
+    for tau in args.tau:
+        if args.mechanism == "lattice":
+            eps = lattice_per_query_epsilon(args.gamma, tau, args.resolution)
+            hist = lattice_per_query_epsilon(args.gamma, tau, args.resolution, bound="histogram")
+            out.append({"gamma": args.gamma, "tau": tau, "mechanism": "lattice",
+                        "resolution": args.resolution, "per_query_epsilon": eps,
+                        "histogram_epsilon": hist})
+            rows.append([f"{tau:g}", eps, hist])
+        else:
+            parts = per_query_epsilon_parts(args.gamma, tau)
+            eps = per_query_epsilon(args.gamma, tau)
+            out.append({"gamma": args.gamma, "tau": tau, "mechanism": "gamma",
+                        "per_query_epsilon": eps, "eps1": parts["eps1"],
+                        "eps2": None if math.isinf(parts["eps2"]) else parts["eps2"]})
+            rows.append([f"{tau:g}", eps, parts["eps1"], None if math.isinf(parts["eps2"]) else parts["eps2"]])
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif args.mechanism == "lattice":
+        _print_table(f"per-query ε, lattice mechanism, γ = {args.gamma:g}, P = {args.resolution}",
+                     ["τ", "ε (argmax bound)", "ε (histogram bound)"], rows, None)
+    else:
+        _print_table(f"per-query ε (SPEC §4), γ = {args.gamma:g}",
+                     ["τ", "ε_q", "ε₁", "ε₂"], rows, None)
+    return 0
+
+
+def _total(args: argparse.Namespace) -> int:
+    from speed.privacy import epsilon
+
+    counts = _load_counts(args.counts)
+    results = [
+        epsilon(counts, args.gamma, tau, args.delta, moments=args.moments,
+                mechanism=args.mechanism, resolution=args.resolution)
+        for tau in args.tau
+    ]
+    if args.json:
+        print(json.dumps([{"tau": tau, **r} for tau, r in zip(args.tau, results)], indent=2))
+        return 0
+    rows = []
+    for tau, r in zip(args.tau, results):
+        rows.append([f"{tau:g}", r["per_query_epsilon"], r["data_independent"], r["order_data_independent"],
+                     r["data_dependent"], r["order"]])
+    mech = args.mechanism + (f", P = {args.resolution}" if args.resolution else "")
+    _print_table(
+        f"ε after {results[0]['num_queries']} queries, γ = {args.gamma:g}, δ = {args.delta:g} ({mech})",
+        ["τ", "ε per query", "data-independent ε (publishable)", "order",
+         "data-dependent ε (NOT publishable)", "order"],
+        rows,
+        PUBLISH_LINE,
+    )
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from speed.privacy import PrivacyLedger
+
+    ledger = PrivacyLedger(args.ledger, delta=args.delta, moments=args.moments, read_only=True)
+    spent = ledger.epsilon()
+    info = {"ledger": str(args.ledger), "runs": sorted({str(r["run_id"]) for r in ledger.records}),
+            "torn_bytes_ignored": ledger.repaired_bytes, **spent}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [["data-independent ε", spent["epsilon"], "yes"]]
+    if spent.get("data_dependent") is not None:
+        rows.append(["data-dependent ε (simulation)", spent["data_dependent"], "no"])
+    _print_table(
+        f"ledger {args.ledger}: {spent['num_queries']} queries, δ = {args.delta:g}, "
+        f"δ_total = {spent['delta_total']:.3g}",
+        ["quantity", "value", "publishable"], rows, PUBLISH_LINE,
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ledger is not None:
+        return _ledger(args)
+    if args.gamma is None:
+        raise InputError("--gamma is required (γ = 1/λ), unless --ledger is given")
+    if args.mechanism == "lattice" and args.resolution is None:
+        raise InputError("--mechanism lattice needs --resolution P (lattice steps per vote)")
+    if args.mechanism == "gamma" and args.resolution is not None:
+        raise InputError("--resolution only applies with --mechanism lattice")
+    if args.counts is None:
+        return _per_query(args)
+    return _total(args)
