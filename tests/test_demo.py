@@ -1,0 +1,48 @@
+"""The demo end to end (real encryption, tiny sizes) and the CLI's behaviour on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from speed.cli.main import main
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "privacy" in out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--holders" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line(capsys, tmp_path):
+    code = main(["demo", "--holders", "1", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error:") and err.count("\n") == 1 and "holders" in err
+
+
+@pytest.mark.slow
+def test_demo_json_end_to_end(tmp_path):
+    """3 holders, 4 queries through real TFHE; HE labels must equal the clear noisy argmax."""
+    cmd = [
+        sys.executable, "-m", "speed.cli.main", "demo", "--json", "--holders", "3", "--queries", "4",
+        "--batch-size", "4", "--gamma", "0.5", "--cache-dir", str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["accuracy"]["he_vs_plaintext_noisy_argmax_agreement"] == 1.0
+    assert 0.0 <= result["accuracy"]["student_test"] <= 1.0
+    p = result["privacy"]
+    assert p["epsilon_data_dependent"] <= p["epsilon_data_independent"] + 1e-9
+    assert p["delta_total"] > p["delta"]
+    assert result["bytes"]["holder_to_server_bytes_per_query"] > 0
+    assert result["circuit"]["pbs_per_call"] > 0
