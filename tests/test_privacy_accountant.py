@@ -185,6 +185,18 @@ def test_data_independent_formula_and_basic_composition():
         assert out["data_independent"] <= q_count * e
 
 
+def test_failure_probability_folding():
+    counts = np.random.default_rng(2).multinomial(250, [0.6, 0.3, 0.1], size=50)
+    clean = epsilon(counts, 3.3, 0.7, 1e-5)
+    out = epsilon(counts, 3.3, 0.7, 1e-5, failure_probability=1e-15)
+    assert out["data_dependent"] == clean["data_dependent"]
+    assert out["delta_total_data_dependent"] == pytest.approx(
+        1e-5 + (1 + math.exp(out["data_dependent"])) * 50e-15)
+    assert out["delta_total_data_independent"] == 1.0  # e^ε B is meaningless at ε ≈ 400
+    with pytest.raises(ValueError, match="failure_probability"):
+        epsilon(counts, 3.3, 0.7, 1e-5, failure_probability=1.5)
+
+
 def test_zero_queries_cost_nothing():
     out = epsilon(np.zeros((0, 10)), 3.3, 0.9, 1e-5)
     assert out["data_independent"] == 0.0 and out["data_dependent"] == 0.0

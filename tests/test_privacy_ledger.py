@@ -178,12 +178,25 @@ def test_dropouts_reduce_effective_tau(tmp_path):
 
 
 def test_failure_probability_folded_into_delta(tmp_path):
-    with _ledger(tmp_path / "l.jsonl", gamma=0.05, tau=1.0) as led:
+    # τ < 1: ε_q needs the exact argmax, so B = Σβ goes into δ as (1 + e^ε) B
+    with _ledger(tmp_path / "l.jsonl", gamma=0.05, tau=0.9) as led:
         for i in range(10):
             led.record(i, failure_probability=1e-12)
         spent = led.epsilon()
     assert spent["failure_probability"] == pytest.approx(1e-11)
     assert spent["delta_total"] == pytest.approx(1e-5 + (1 + math.exp(spent["epsilon"])) * 1e-11)
+    # τ = 1: 2γ is a histogram bound, the circuit's output is post-processing: δ unchanged,
+    # β enlarges q instead
+    counts = [[240, 10, 0]] * 10
+    with _ledger(tmp_path / "h.jsonl", gamma=0.05, tau=1.0) as led:
+        for i in range(10):
+            led.record(i, failure_probability=1e-3, counts=counts[i])
+        spent = led.epsilon()
+    assert spent["delta_total"] == 1e-5 and spent["failure_probability_folded"] == 0.0
+    want = epsilon(counts, 0.05, 1.0, 1e-5, failure_probability=1e-3)
+    assert spent["data_dependent"] == pytest.approx(want["data_dependent"], rel=1e-12)
+    assert want["data_dependent"] > epsilon(counts, 0.05, 1.0, 1e-5)["data_dependent"]
+    assert want["delta_total_data_dependent"] == 1e-5
 
 
 def test_state_dict_round_trip(tmp_path):

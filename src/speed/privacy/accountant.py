@@ -47,8 +47,11 @@ from scipy import integrate, special
 __all__ = [
     "DEFAULT_MOMENTS",
     "MECHANISMS",
+    "delta_total",
+    "build_result",
     "check_counts",
     "check_delta",
+    "check_failure_probability",
     "check_gamma",
     "check_moments",
     "check_tau",
@@ -394,39 +397,43 @@ def _require_resolution(resolution: int | None) -> int:
     return int(resolution)
 
 
-def epsilon(
-    counts: Any,
-    gamma: float,
-    tau: float,
-    delta: float,
-    moments: int = DEFAULT_MOMENTS,
-    mechanism: str = "gamma",
-    resolution: int | None = None,
-) -> dict[str, Any]:
-    """Total (ε, δ) of answering the queries whose vote counts are the rows of ``counts``.
+def check_failure_probability(failure_probability: Any) -> float:
+    try:
+        b = float(failure_probability)
+    except (TypeError, ValueError):
+        raise ValueError(f"failure_probability must be a number in [0, 1), got {failure_probability!r}") from None
+    if not (0.0 <= b < 1.0):
+        raise ValueError(f"failure_probability must lie in [0, 1), got {failure_probability!r}")
+    return b
 
-    Returns a dict with ``data_dependent`` (needs the private counts: NOT publishable),
-    ``data_independent`` (publishable), ``order`` (moment order of the data-dependent
-    bound), ``order_data_independent``, ``method_data_dependent`` /
-    ``method_data_independent`` (``"moments"`` or ``"basic_composition"``, whichever was
-    smaller), ``per_query_epsilon``, ``basic_composition``, ``num_queries``, ``delta``,
-    ``moments``, ``mechanism``, ``resolution``, ``publishable`` and ``note``.
-    ``mechanism="lattice"`` (with ``resolution=P``) uses the lattice accountant of
-    :mod:`speed.privacy.lattice`.
+
+def delta_total(delta: float, eps: float, failure: float) -> float:
+    """δ + (1 + e^ε) B, computed in log space and capped at 1 (coupling lemma, docs/privacy.md)."""
+    if failure <= 0:
+        return float(delta)
+    log_total = np.logaddexp(math.log(delta), math.log(failure) + np.logaddexp(0.0, eps))
+    return float(math.exp(min(0.0, log_total)))
+
+
+def build_result(eps_q: float, log_q: np.ndarray | None, q_count: int, delta: float, moments: int,
+                 failure_probability: float, histogram_level: bool,
+                 **extra: Any) -> dict[str, Any]:
+    """The ``epsilon`` dict, shared by both mechanisms.
+
+    ``failure_probability`` β is the per-query probability that the computed label differs
+    from the exact argmax of the noisy counts (noise outside the circuit's range, a wrong
+    bootstrap).  If the per-query ε is a histogram-level bound (``histogram_level``: τ = 1,
+    or the lattice histogram bound) the real output is post-processing of the noisy
+    counts, so ε_q still holds and β only enlarges q (q + β): δ is unchanged.  Otherwise
+    the real transcript equals the ideal one except with probability ≤ B = Qβ, and
+    ``delta_total = δ + (1 + e^ε) B``.
     """
-    g, t, d, L = check_gamma(gamma), check_tau(tau), check_delta(delta), check_moments(moments)
-    arr = check_counts(counts)
-    if mechanism == "lattice":
-        from speed.privacy import lattice
-
-        return lattice.lattice_epsilon(arr, g, t, d, _require_resolution(resolution), moments=L)
-    _check_mechanism(mechanism, resolution)
-    q_count, k = arr.shape
-    eps_q = per_query_epsilon(g, t)
     eps_arr = np.full(q_count, eps_q)
-    log_q = np.minimum(log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k)) if q_count else None
-    dd, order_dd, method_dd = _compose(eps_arr, log_q, d, L)
-    di, order_di, method_di = _compose(eps_arr, None, d, L)
+    if log_q is not None and histogram_level and failure_probability > 0:
+        log_q = np.minimum(np.logaddexp(log_q, math.log(failure_probability)), 0.0)
+    dd, order_dd, method_dd = _compose(eps_arr, log_q, delta, moments)
+    di, order_di, method_di = _compose(eps_arr, None, delta, moments)
+    folded = 0.0 if histogram_level else q_count * failure_probability
     return {
         "data_dependent": dd,
         "data_independent": di,
@@ -437,10 +444,52 @@ def epsilon(
         "per_query_epsilon": eps_q,
         "basic_composition": float(eps_q * q_count),
         "num_queries": int(q_count),
-        "delta": d,
-        "moments": L,
-        "mechanism": "gamma",
-        "resolution": None,
+        "delta": delta,
+        "failure_probability": failure_probability,
+        "delta_total_data_independent": delta_total(delta, di, folded),
+        "delta_total_data_dependent": delta_total(delta, dd, folded),
+        "moments": moments,
+        **extra,
         "publishable": "data_independent",
         "note": _PUBLISH_NOTE,
     }
+
+
+def epsilon(
+    counts: Any,
+    gamma: float,
+    tau: float,
+    delta: float,
+    moments: int = DEFAULT_MOMENTS,
+    mechanism: str = "gamma",
+    resolution: int | None = None,
+    *,
+    failure_probability: float = 0.0,
+) -> dict[str, Any]:
+    """Total (ε, δ) of answering the queries whose vote counts are the rows of ``counts``.
+
+    Returns a dict with ``data_dependent`` (needs the private counts: NOT publishable),
+    ``data_independent`` (publishable), ``order`` (moment order of the data-dependent
+    bound), ``order_data_independent``, ``method_data_dependent`` /
+    ``method_data_independent`` (``"moments"`` or ``"basic_composition"``, whichever was
+    smaller), ``per_query_epsilon``, ``basic_composition``, ``num_queries``, ``delta``,
+    ``delta_total_data_independent`` / ``delta_total_data_dependent`` (δ with the
+    per-query ``failure_probability`` folded in, see :func:`build_result`), ``moments``,
+    ``mechanism``, ``resolution``, ``publishable`` and ``note``.
+    ``mechanism="lattice"`` (with ``resolution=P``) uses the lattice accountant of
+    :mod:`speed.privacy.lattice`.
+    """
+    g, t, d, L = check_gamma(gamma), check_tau(tau), check_delta(delta), check_moments(moments)
+    beta = check_failure_probability(failure_probability)
+    arr = check_counts(counts)
+    if mechanism == "lattice":
+        from speed.privacy import lattice
+
+        return lattice.lattice_epsilon(arr, g, t, d, _require_resolution(resolution), moments=L,
+                                       failure_probability=beta)
+    _check_mechanism(mechanism, resolution)
+    q_count, k = arr.shape
+    eps_q = per_query_epsilon(g, t)
+    log_q = np.minimum(log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k)) if q_count else None
+    return build_result(eps_q, log_q, q_count, d, L, beta, histogram_level=(t == 1.0),
+                        mechanism="gamma", resolution=None)

@@ -275,35 +275,25 @@ def lattice_q_bound(counts: Any, gamma: float, tau: float, resolution: int) -> f
 
 
 def lattice_epsilon(counts: Any, gamma: float, tau: float, delta: float, resolution: int,
-                    moments: int = _acc.DEFAULT_MOMENTS, bound: str = "argmax") -> dict[str, Any]:
-    """Same dict as :func:`speed.privacy.accountant.epsilon`, for the lattice mechanism."""
+                    moments: int = _acc.DEFAULT_MOMENTS, bound: str = "argmax", *,
+                    failure_probability: float = 0.0) -> dict[str, Any]:
+    """Same dict as :func:`speed.privacy.accountant.epsilon`, for the lattice mechanism.
+
+    ``failure_probability`` β (per query: noise outside the circuit's range or a wrong
+    bootstrap) is folded as in :func:`speed.privacy.accountant.build_result`: into q when
+    the per-query ε is histogram-level (τ = 1, where both bounds equal 2γ, or
+    ``bound="histogram"``), else into δ.
+    """
     g, t, d = _acc.check_gamma(gamma), _acc.check_tau(tau), _acc.check_delta(delta)
     P, L, b = _check_resolution(resolution), _acc.check_moments(moments), _check_bound(bound)
+    beta = _acc.check_failure_probability(failure_probability)
     arr = _acc.check_counts(counts)
     q_count = arr.shape[0]
     eps_q = _lattice_eps(g, t, P, b)[0]
-    eps_arr = np.full(q_count, eps_q)
     log_q = np.minimum(_log_q_lattice(arr, g, t, P, eps_q, L), 0.0) if q_count else None
-    dd, order_dd, method_dd = _acc._compose(eps_arr, log_q, d, L)
-    di, order_di, method_di = _acc._compose(eps_arr, None, d, L)
-    return {
-        "data_dependent": dd,
-        "data_independent": di,
-        "order": order_dd,
-        "order_data_independent": order_di,
-        "method_data_dependent": method_dd,
-        "method_data_independent": method_di,
-        "per_query_epsilon": eps_q,
-        "basic_composition": float(eps_q * q_count),
-        "num_queries": int(q_count),
-        "delta": d,
-        "moments": L,
-        "mechanism": "lattice",
-        "resolution": P,
-        "bound": b,
-        "publishable": "data_independent",
-        "note": _acc._PUBLISH_NOTE,
-    }
+    return _acc.build_result(eps_q, log_q, q_count, d, L, beta,
+                             histogram_level=(t == 1.0 or b == "histogram"),
+                             mechanism="lattice", resolution=P, bound=b)
 
 
 # ------------------------------------------------------------- continuous P → ∞ limits

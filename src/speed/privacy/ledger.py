@@ -16,7 +16,10 @@ The running ε is the data-independent moments-accountant bound (publishable): i
 deployment nobody sees vote counts.  Where counts are passed (clear-text simulation and
 research runs) the data-dependent bound is also computed and labelled not publishable
 without smooth-sensitivity sanitisation (PATE 2018).  Overflow/failure probabilities of
-the encrypted argmax are summed into ``B`` and folded into δ as
+the encrypted argmax (β per query) are handled as in
+:func:`speed.privacy.accountant.build_result`: for τ = 1 the per-query ε (2γ) holds for the
+noisy histogram, so whatever the circuit outputs is post-processing and β only enlarges q;
+for τ < 1 the ε needs the exact argmax, and the sum B of those β is folded into δ as
 ``δ_total = δ + (1 + e^ε) B`` (coupling: the real transcript equals the ideal one except
 with probability ≤ B; docs/privacy.md).
 """
@@ -66,12 +69,6 @@ def _check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple
     return mechanism, g, t, resolution
 
 
-def _log_delta_total(delta: float, eps: float, failure: float) -> float:
-    if failure <= 0:
-        return math.log(delta)
-    return float(np.logaddexp(math.log(delta), math.log(failure) + np.logaddexp(0.0, eps)))
-
-
 class PrivacyAccountant:
     """In-memory accountant for heterogeneous queries (Opacus-style ``history`` / ``state_dict``).
 
@@ -82,7 +79,8 @@ class PrivacyAccountant:
     def __init__(self, moments: int = _acc.DEFAULT_MOMENTS) -> None:
         self.moments = _acc.check_moments(moments)
         self.history: list[list[Any]] = []
-        self.failure_probability = 0.0
+        self.failure_probability = 0.0  # Σ β over all queries
+        self.failure_probability_folded = 0.0  # Σ β over queries whose ε needs the exact argmax
         self._alpha = np.zeros(self.moments)
         self._basic = 0.0
         self._num = 0
@@ -105,11 +103,16 @@ class PrivacyAccountant:
         if not (0.0 <= fp <= 1.0):
             raise InputError(f"failure_probability must lie in [0, 1], got {failure_probability!r}")
         eps_q = _query_epsilon(mechanism, g, t, res)
-        dd = self._dd_alpha(counts, eps_q, mechanism, g, t, res, n)
+        # τ = 1: ε_q = 2γ is a histogram-level bound, valid whatever the circuit outputs, so
+        # β only enlarges q; otherwise ε_q needs the exact argmax and β is folded into δ
+        histogram_level = t == 1.0
+        dd = self._dd_alpha(counts, eps_q, mechanism, g, t, res, n, fp if histogram_level else 0.0)
         self._alpha = self._alpha + self._alpha_of(eps_q, n)
         self._basic += n * eps_q
         self._num += n
         self.failure_probability += n * fp
+        if not histogram_level:
+            self.failure_probability_folded += n * fp
         self._alpha_dd = None if (dd is None or self._alpha_dd is None) else self._alpha_dd + dd
         key = [mechanism, g, t, res]
         if self.history and self.history[-1][:4] == key:
@@ -119,7 +122,7 @@ class PrivacyAccountant:
         return eps_q
 
     def _dd_alpha(self, counts: Any, eps_q: float, mechanism: str, g: float, t: float,
-                  res: int | None, n: int) -> np.ndarray | None:
+                  res: int | None, n: int, q_extra: float) -> np.ndarray | None:
         if counts is None:
             return None
         arr = _acc.check_counts(counts)
@@ -132,6 +135,8 @@ class PrivacyAccountant:
             from speed.privacy.lattice import _log_q_lattice
 
             log_q = np.minimum(_log_q_lattice(arr, g, t, res, eps_q, self.moments), 0.0)
+        if q_extra > 0:
+            log_q = np.minimum(np.logaddexp(log_q, math.log(q_extra)), 0.0)
         return _acc.moments_alpha(np.full(n, eps_q), log_q, self.moments).sum(axis=0)
 
     # -- queries
@@ -168,7 +173,8 @@ class PrivacyAccountant:
             "num_queries": self._num,
             "basic_composition": self._basic,
             "failure_probability": self.failure_probability,
-            "delta_total": math.exp(min(0.0, _log_delta_total(d, eps, self.failure_probability))),
+            "failure_probability_folded": self.failure_probability_folded,
+            "delta_total": _acc.delta_total(d, eps, self.failure_probability_folded),
             "publishable": True,
             "data_dependent": None,
             "data_dependent_note": _NOT_PUBLISHABLE,
@@ -179,9 +185,7 @@ class PrivacyAccountant:
                 data_dependent=dd,
                 data_dependent_order=dd_order,
                 data_dependent_method=dd_method,
-                data_dependent_delta_total=min(
-                    1.0, math.exp(min(0.0, _log_delta_total(d, dd, self.failure_probability)))
-                ),
+                data_dependent_delta_total=_acc.delta_total(d, dd, self.failure_probability_folded),
             )
         return out
 
@@ -191,6 +195,7 @@ class PrivacyAccountant:
         dest["history"] = [list(h) for h in self.history]
         dest["moments"] = self.moments
         dest["failure_probability"] = self.failure_probability
+        dest["failure_probability_folded"] = self.failure_probability_folded
         dest["data_dependent_alpha"] = None if self._alpha_dd is None else self._alpha_dd.tolist()
         dest["mechanism"] = "speed-moments"
         return dest
@@ -207,6 +212,7 @@ class PrivacyAccountant:
         self.history = fresh.history
         self._alpha, self._basic, self._num = fresh._alpha, fresh._basic, fresh._num
         self.failure_probability = float(state_dict.get("failure_probability", 0.0))
+        self.failure_probability_folded = float(state_dict.get("failure_probability_folded", 0.0))
         self._alpha_dd = None if dd is None else np.asarray(dd, dtype=np.float64)
 
 
