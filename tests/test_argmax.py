@@ -76,9 +76,10 @@ def test_noise_bound_meets_failure_probability():
     spec_args = dict(num_holders=250, num_classes=10, scale=1 / 3.3, resolution=1)
     a = choose_noise_bound(**spec_args, failure_probability=1e-12)
     spec = CircuitSpec(num_holders=250, num_classes=10, noise_bound=a)
-    assert spec.noise_failure_probability(1 / 3.3) <= 1e-12
+    assert spec.histogram_failure_probability(1 / 3.3) - spec.global_p_error <= 1e-12
     smaller = CircuitSpec(num_holders=250, num_classes=10, noise_bound=a - 1)
-    assert smaller.noise_failure_probability(1 / 3.3) > 1e-12
+    assert smaller.histogram_failure_probability(1 / 3.3) - smaller.global_p_error > 1e-12
+    assert spec.clip_failure_probability(1 / 3.3) < 1e-30 and spec.share_bound >= spec.noise_bound
     # Monte Carlo sanity of the tail at a small bound
     from speed.privacy.noise import sample_lattice_shares
 

@@ -6,6 +6,7 @@ make ``speed reproduce``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,11 +15,15 @@ from typing import Any
 import numpy as np
 
 from speed.crypto.spec import CircuitSpec, choose_noise_bound
-from speed.errors import InputError
+from speed.errors import BudgetExhaustedError, InputError
 from speed.holder import DataHolder
 from speed.owner.owner import ModelOwner
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
+
+
+def run_id() -> str:
+    return time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class RunConfig:
     student_method: str = "supervised"
     cache_dir: str = ".speed-cache"
     max_epsilon: float | None = None  # budget guard on the data-independent ε
+    ledger: str | None = None  # privacy ledger path (default: <cache_dir>/ledgers/<run id>.jsonl)
 
     def validate(self, num_classes: int) -> None:
         if self.holders < 2:
@@ -60,6 +66,7 @@ class RunConfig:
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; return a JSON-ready dict of settings, results, ε, times and sizes."""
     from speed.learning import (
+        Queries,
         accuracy,
         fit_student,
         load_dataset,
@@ -70,7 +77,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         vote_counts,
     )
     from speed.learning.train import predict
-    from speed.privacy import epsilon
+    from speed.privacy.ledger import PrivacyLedger
 
     times: dict[str, float] = {}
     dataset = load_dataset(config.dataset, config.data_dir)
@@ -108,18 +115,39 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), scale, rngs[i]) for i in range(config.holders)
     ]
     server = setup_parties(owner, holders)
-    labelling = label_queries(owner, server, holders, splits.pool_x, queries.positions, progress=progress)
-    times.update(labelling.timings)
+    failure_per_query = spec.histogram_failure_probability(scale) + spec.clip_failure_probability(scale)
+    ledger_path = Path(config.ledger) if config.ledger else cache / "ledgers" / f"{run_id()}.jsonl"
+    ledger = PrivacyLedger(
+        ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, gamma=config.gamma, tau=config.tau,
+        mechanism="lattice", resolution=config.resolution, num_holders=config.holders,
+        expected_holders=config.holders,
+    )
+    row_of = {int(pos): row for row, pos in enumerate(queries.positions)}
 
+    def charge(batch, clear_noisy_sums) -> None:
+        """Owner: durable ledger records (budget-checked) before any label is released."""
+        ledger.check_budget(num_queries=len(batch.query_ids))
+        for q in batch.query_ids:
+            ledger.record(int(q), failure_probability=failure_per_query, counts=clear_counts[row_of[int(q)]])
+
+    try:
+        labelling = label_queries(
+            owner, server, holders, splits.pool_x, queries.positions, before_release=charge, progress=progress
+        )
+    finally:
+        ledger.close()
+    ledger_epsilon = ledger.epsilon()
+    times.update(labelling.timings)
+    if len(labelling.labels) == 0:
+        raise BudgetExhaustedError(f"no query could be answered: {labelling.stopped}")
+    queries = Queries(splits, queries.positions[: len(labelling.labels)])
+    clear_counts = clear_counts[: len(labelling.labels)]
     labelled = queries.label(labelling.labels)
     start = time.perf_counter()
     student = fit_student(labelled, method=config.student_method, seed=config.seed)
     times["student_training_s"] = time.perf_counter() - start
 
-    privacy = epsilon(
-        clear_counts, config.gamma, config.tau, config.delta, mechanism="lattice", resolution=config.resolution
-    )
-    failure_per_query = spec.noise_failure_probability(scale) + config.global_p_error
+    privacy = lattice_privacy(spec, clear_counts, config)
     agree = labelling.labels == labelling.clear_noisy_argmax
     return {
         "settings": {**asdict(config), "num_classes": dataset.num_classes, "noise_scale_lambda": scale},
@@ -139,17 +167,58 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
             "test_points": int(len(test_y)),
         },
         "privacy": {
-            "epsilon_data_independent": privacy["data_independent"],
-            "epsilon_data_dependent": privacy["data_dependent"],
-            "per_query_epsilon": privacy["per_query_epsilon"],
-            "delta": config.delta,
+            **privacy,
             "failure_probability_per_query": failure_per_query,
-            "delta_total": config.delta + config.queries * failure_per_query,
-            "mechanism": "lattice",
-            "publishable": "epsilon_data_independent",
-            "note": "the data-dependent ε depends on private votes: publishing it needs smooth-sensitivity "
-            "sanitisation (PATE 2018); δ_total adds the probability that noise left the compiled range or a PBS failed",
+            "ledger": str(ledger_path),
+            "ledger_epsilon": ledger_epsilon,
+            "stopped_early": labelling.stopped,
         },
         "times": times,
         "bytes": labelling.bytes,
+    }
+
+
+def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig) -> dict[str, Any]:
+    """ε of the answered queries for the lattice mechanism the circuit really runs.
+
+    Both rigorous per-query bounds of :mod:`speed.privacy.lattice` are evaluated: the
+    histogram bound (the output is post-processing of the noisy counts, so the circuit's
+    histogram failures only enlarge q) and the tighter argmax bound (needs the exact
+    argmax, so those failures go to δ as (1 + e^ε)·Q·β).  For each of the two ε values the
+    pair with the smaller ε among those keeping δ_total ≤ 1.01·δ is reported (else the
+    smaller δ_total).  Clipped shares change the noise law: δ_total += (1 + e^ε)·Q·β_clip.
+    """
+    from speed.privacy.accountant import delta_total
+    from speed.privacy.lattice import lattice_epsilon
+
+    scale = 1.0 / config.gamma
+    beta_hist = spec.histogram_failure_probability(scale)
+    beta_clip = spec.clip_failure_probability(scale)
+    results = {
+        bound: lattice_epsilon(counts, config.gamma, config.tau, config.delta, config.resolution,
+                               bound=bound, failure_probability=beta_hist)
+        for bound in ("histogram", "argmax")
+    }
+    out: dict[str, Any] = {}
+    for kind in ("data_independent", "data_dependent"):
+        pairs = []
+        for bound, r in results.items():
+            eps = r[kind]
+            delta_tot = delta_total(r[f"delta_total_{kind}"], eps, len(counts) * beta_clip)
+            pairs.append((eps, delta_tot, bound, r["per_query_epsilon"]))
+        ok = [p for p in pairs if p[1] <= 1.01 * config.delta]
+        eps, delta_tot, bound, per_query = min(ok) if ok else min(pairs, key=lambda p: (p[1], p[0]))
+        out[f"epsilon_{kind}"] = eps
+        out[f"delta_total_{kind}"] = delta_tot
+        out[f"bound_{kind}"] = bound
+        out[f"per_query_epsilon_{kind}"] = per_query
+    return {
+        **out,
+        "delta": config.delta,
+        "histogram_failure_per_query": beta_hist,
+        "clip_failure_per_query": beta_clip,
+        "mechanism": "lattice",
+        "publishable": "epsilon_data_independent",
+        "note": "the data-dependent ε depends on private votes: publishing it needs smooth-sensitivity "
+        "sanitisation (PATE 2018)",
     }

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from speed import messages
 from speed.crypto.spec import reference_argmax
+from speed.errors import BudgetExhaustedError
 from speed.holder import DataHolder
 from speed.owner.owner import ModelOwner
 from speed.server import AggregationServer
@@ -32,6 +33,7 @@ class LabellingResult:
     clear_noisy_sums: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None  # why labelling stopped early (privacy budget), if it did
 
 
 def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0) -> list[messages.QueryBatch]:
@@ -57,15 +59,23 @@ def label_queries(
     holders: list[DataHolder],
     public_x: np.ndarray,
     query_ids: np.ndarray,
-    before_release: Callable[[messages.QueryBatch], None] | None = None,
+    before_release: Callable[[messages.QueryBatch, np.ndarray], None] | None = None,
     progress: bool = True,
 ) -> LabellingResult:
-    """Label ``public_x[query_ids]`` through the encrypted pipeline."""
+    """Label ``public_x[query_ids]`` through the encrypted pipeline.
+
+    ``before_release(batch, encoded_sums)`` is the owner's ledger hook, called after the
+    server answered and before the labels are decrypted; ``encoded_sums`` (the clear noisy
+    sums) exists only because this is a simulation.  If it raises
+    :class:`BudgetExhaustedError`, labelling stops there: the labels released so far are
+    returned and ``stopped`` says why.
+    """
     spec = owner.spec
     batches = make_batches(np.asarray(query_ids), spec.batch_size)
     labels, clear_argmax, clear_sums = [], [], []
     t = {"pads_s": 0.0, "holder_encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
     vote_bytes = pad_bytes = label_bytes = 0
+    stopped = None
     for batch in tqdm(batches, desc="encrypted labelling", unit="batch", disable=not progress):
         n_real = len(batch.query_ids)
         start = time.perf_counter()
@@ -88,13 +98,18 @@ def label_queries(
         t["server_s"] += time.perf_counter() - start
         label_bytes += encrypted.payload_bytes
         if before_release is not None:
-            before_release(batch)
+            try:
+                before_release(batch, encoded_sum[:n_real])
+            except BudgetExhaustedError as exc:
+                stopped = str(exc)
+                break
         start = time.perf_counter()
         labels.append(owner.decrypt(encrypted)[:n_real])
         t["decrypt_s"] += time.perf_counter() - start
         clear_sums.append(encoded_sum[:n_real])
         clear_argmax.append(reference_argmax(encoded_sum[:n_real]))
-    num_queries = max(len(query_ids), 1)
+    answered = sum(len(x) for x in labels)
+    num_queries = max(answered, 1)
     timings = {
         "pads_s": t["pads_s"],
         "holder_encrypt_s_per_query": t["holder_encrypt_s"] / num_queries / spec.num_holders,
@@ -110,10 +125,11 @@ def label_queries(
         "server_program_bytes": len(owner.circuit_bundle().program),
     }
     return LabellingResult(
-        query_ids=np.asarray(query_ids),
+        query_ids=np.asarray(query_ids)[:answered],
         labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
         clear_noisy_argmax=np.concatenate(clear_argmax) if clear_argmax else np.zeros(0, dtype=np.int64),
         clear_noisy_sums=np.concatenate(clear_sums) if clear_sums else np.zeros((0, spec.num_classes)),
         timings=timings,
         bytes=sizes,
+        stopped=stopped,
     )

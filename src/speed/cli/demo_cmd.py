@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from speed.cli.report import dump_json, print_sections
 
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw noise from the OS CSPRNG (default: seeded per-holder streams, for experiments only)",
     )
     p.add_argument("--student", choices=["supervised", "semi-supervised"], default="supervised")
+    p.add_argument("--max-epsilon", type=float, default=None,
+                   help="privacy budget: stop before the data-independent ε would exceed it")
+    p.add_argument("--ledger", default=None, help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
     p.add_argument("--cache-dir", default=".speed-cache", help="compiled circuits and teacher checkpoints")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
@@ -43,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
         holders=args.holders, queries=args.queries, gamma=args.gamma, tau=args.tau, delta=args.delta,
         resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
         production_noise=args.production_noise, student_method=args.student, cache_dir=args.cache_dir,
+        max_epsilon=args.max_epsilon, ledger=args.ledger,
     )
     result = run_pipeline(config, progress=not args.json)
+    if result["privacy"]["stopped_early"]:
+        print(f"note: labelling stopped early: {result['privacy']['stopped_early']}", file=sys.stderr)
     if args.json:
         print(dump_json(result))
     else:
@@ -66,10 +73,12 @@ def print_result(r: dict) -> None:
             ]),
             ("privacy", [
                 ("γ (λ = 1/γ), τ", f"{s['gamma']:g} ({s['noise_scale_lambda']:.3g}), {s['tau']:g}"),
-                ("per-query ε (lattice, P=%d)" % s["resolution"], p["per_query_epsilon"]),
+                ("per-query ε (lattice, P=%d)" % s["resolution"], p["per_query_epsilon_data_independent"]),
                 ("ε data-independent (publishable)", p["epsilon_data_independent"]),
+                ("  its δ (incl. circuit failures)", p["delta_total_data_independent"]),
                 ("ε data-dependent (NOT publishable)", p["epsilon_data_dependent"]),
-                ("δ + failure (noise range, PBS)", p["delta_total"]),
+                ("  its δ (incl. circuit failures)", p["delta_total_data_dependent"]),
+                ("ledger", p["ledger"]),
             ]),
             ("time", [
                 ("teacher training s", t["teacher_training_s"]),

@@ -116,6 +116,12 @@ def inputsets(spec: CircuitSpec, seed: int = 0) -> dict[str, list]:
         return votes
 
     samples = [extreme(0), extreme(k - 1)]
+    # single holders at the share bound ±S, compensated so the sums stay in range
+    clipped = np.zeros((n, b, k), dtype=np.int64)
+    clipped[0] = -spec.share_bound
+    clipped[-1] += spec.share_bound + (p if n > 1 else 0)
+    if n > 1:
+        samples.append(clipped)
     for _ in range(16):
         labels = rng.integers(0, k, size=(n, b))
         votes = np.eye(k, dtype=np.int64)[labels] * p

@@ -1,21 +1,27 @@
 """What the encrypted circuit is compiled for, and the exactness bounds that follow.
 
 Encoding (SPEC §3b, §5).  Holder i sends, for every class k of every query in a batch,
-the integer ``v_ik = P·e_ik + clip(η_ik, −A, A)`` where e_i is its one-hot vote, P the
-lattice resolution (one vote = P steps) and η_ik its lattice noise share.  The server
-sums ``c_k = Σ_i v_ik`` and computes the argmax of c.
+the integer ``v_ik = P·e_ik + clip(η_ik, −S, S)`` where e_i is its one-hot vote, P the
+lattice resolution (one vote = P steps), η_ik its lattice noise share and S the share
+bound (:attr:`CircuitSpec.share_bound`, as large as the circuit's integer width allows).
+The server sums ``c_k = Σ_i v_ik`` and computes the argmax of c.
 
 Exactness.  The circuit is compiled for class sums in ``[−A, N·P + A]`` and differences
-in ``[−(N·P + 2A), N·P + 2A]``.  Whenever no share is clipped and every total noise
-``Z_k = Σ_i η_ik`` satisfies ``|Z_k| ≤ A``, the circuit computes the exact argmax of the
-noisy counts (up to concrete's PBS error probability).  Outside that event the output
-may differ from the ideal mechanism, so the probability of the event is *added to δ*:
+in ``[−(N·P + 2A), N·P + 2A]``.  Whenever every total noise ``Z_k = Σ_i η_ik`` satisfies
+``|Z_k| ≤ A`` the circuit computes the exact argmax of the noisy counts (up to concrete's
+PBS error probability).  Two failure events, with different privacy consequences:
 
-    β_query ≤ K · (Pr[|Z| > A] + N · Pr[|η| > A]) + p_error_circuit
+* ``histogram_failure``: ``K · Pr[|Z| > A]`` (Z discrete Laplace, scale λP) plus the PBS
+  error.  The server's output is still a (randomised) function of the noisy sums only
+  (ciphertext sums depend on the votes only through their sum), i.e. post-processing
+  of the noisy histogram: it enlarges q, not δ, where ε is a histogram-level bound.
+* ``clip_failure``: ``K · N · Pr[|η| > S]`` (η = X − Y, X, Y ~ NB(1/N, p), so
+  ``Pr[|η| > S] ≤ 2·Pr[X > S]``): a clipped share changes the noise law, so this
+  probability goes to δ as ``(1 + e^ε)·Q·β_clip`` (coupling argument).  S is large, so
+  this is astronomically small (≈1e-40 at the demo's settings).
 
-with Z discrete Laplace (scale λP) and η = X − Y, X, Y ~ NB(1/N, p) (so
-``Pr[|η| > A] ≤ 2·Pr[X > A]``).  A is chosen as the smallest integer making the noise
-part ≤ ``noise_failure_probability`` (default 1e-12 per query).
+A is chosen as the smallest integer with ``K · Pr[|Z| > A] ≤`` the requested per-query
+probability (default 1e-12).
 
 Tie rule: the lowest class index wins among equal maxima (``numpy.argmax``'s rule).
 """
@@ -53,11 +59,8 @@ def share_tail(bound: int, num_holders: int, scale_steps: float) -> float:
 
 
 def noise_failure(bound: int, num_holders: int, num_classes: int, scale_steps: float) -> float:
-    """Per-query probability that a share is clipped or a class's total noise leaves [−A, A]."""
-    per_class = _discrete_laplace_two_sided_tail(bound, scale_steps) + num_holders * share_tail(
-        bound, num_holders, scale_steps
-    )
-    return float(min(1.0, num_classes * per_class))
+    """Per-query probability that some class's total noise leaves [−bound, bound]."""
+    return float(min(1.0, num_classes * _discrete_laplace_two_sided_tail(bound, scale_steps)))
 
 
 def choose_noise_bound(
@@ -114,9 +117,19 @@ class CircuitSpec:
             raise InputError(f"global_p_error must be in (0, 1), got {self.global_p_error}")
 
     @property
+    def sum_width(self) -> int:
+        """Signed bit width of a class sum (holder values share it: they are added)."""
+        return signed_width(*self.sum_range)
+
+    @property
+    def share_bound(self) -> int:
+        """S: holders clip their shares to [−S, S], the largest S the sum's width holds."""
+        return max(self.noise_bound, 2 ** (self.sum_width - 1) - 1 - self.resolution)
+
+    @property
     def vote_range(self) -> tuple[int, int]:
-        """Range of one holder's encoded value v = P·e + clip(η, −A, A)."""
-        return -self.noise_bound, self.resolution + self.noise_bound
+        """Range of one holder's encoded value v = P·e + clip(η, −S, S)."""
+        return -self.share_bound, self.resolution + self.share_bound
 
     @property
     def sum_range(self) -> tuple[int, int]:
@@ -154,9 +167,15 @@ class CircuitSpec:
         digest = hashlib.sha256(payload).hexdigest()[:16]
         return f"K{self.num_classes}-N{self.num_holders}-P{self.resolution}-A{self.noise_bound}-B{self.batch_size}-{digest}"
 
-    def noise_failure_probability(self, scale: float) -> float:
-        """Per-query probability that noise leaves the compiled range (added to δ)."""
-        return noise_failure(self.noise_bound, self.num_holders, self.num_classes, scale * self.resolution)
+    def histogram_failure_probability(self, scale: float) -> float:
+        """Per query: total noise outside [−A, A] or a PBS error (post-processing: enlarges q)."""
+        tail = noise_failure(self.noise_bound, self.num_holders, self.num_classes, scale * self.resolution)
+        return min(1.0, tail + self.global_p_error)
+
+    def clip_failure_probability(self, scale: float) -> float:
+        """Per query: some holder's share clipped to ±S (changes the noise law: goes to δ)."""
+        tail = share_tail(self.share_bound, self.num_holders, scale * self.resolution)
+        return float(min(1.0, self.num_classes * self.num_holders * tail))
 
 
 def reference_argmax(counts: np.ndarray) -> np.ndarray:

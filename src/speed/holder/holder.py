@@ -80,7 +80,7 @@ class DataHolder:
 
     # -- per batch -------------------------------------------------------------------
     def noisy_votes(self, one_hot: np.ndarray) -> np.ndarray:
-        """Encoded noisy votes, shape (batch_size, K): P·e + clip(η, −A, A); padding rows 0."""
+        """Encoded noisy votes, shape (batch_size, K): P·e + clip(η, −S, S); padding rows 0."""
         spec = self._require_spec()
         votes = check_one_hot(one_hot, spec.num_classes)
         if len(votes) > spec.batch_size:
@@ -88,7 +88,7 @@ class DataHolder:
         shares = sample_lattice_shares(
             spec.num_holders, spec.num_classes, self.noise_scale, spec.resolution, self.rng, rows=len(votes)
         )
-        shares = np.clip(shares, -spec.noise_bound, spec.noise_bound)  # prob. folded into δ (crypto.spec)
+        shares = np.clip(shares, -spec.share_bound, spec.share_bound)  # prob. folded into δ (crypto.spec)
         encoded = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
         encoded[: len(votes)] = spec.resolution * votes + shares
         return encoded
