@@ -1,0 +1,58 @@
+"""Learning: datasets, holder partitions, public queries, models, teachers and student.
+
+Typical flow::
+
+    ds = load_dataset("digits")
+    splits = make_splits(ds, num_holders=20, num_queries_pool=300, seed=0)
+    teachers = train_teachers(ds, splits, checkpoint_dir="ckpt/")
+    queries = select_queries(splits, 60, seed=0)
+    votes = teacher_votes(teachers, queries.x)            # (N, Q)
+    labels = plurality(vote_counts(votes, ds.num_classes))  # or the encrypted noisy argmax
+    labelled = queries.label(labels)                        # points and labels stay together
+    student = fit_student(labelled, method="semi-supervised")
+    accuracy(student, splits.test_x, splits.test_y)
+"""
+
+from speed.learning.datasets import (
+    DATASET_NAMES,
+    DEFAULT_DATASET,
+    Dataset,
+    LabelledQueries,
+    Queries,
+    Splits,
+    load_dataset,
+    make_splits,
+    read_idx,
+    select_queries,
+    write_idx,
+)
+from speed.learning.models import DEFAULT_MODEL, MODELS, build_model, count_parameters, default_model
+from speed.learning.train import (
+    STUDENT_CONFIG,
+    STUDENT_METHODS,
+    TEACHER_CONFIG,
+    TeacherEnsemble,
+    TrainConfig,
+    accuracy,
+    checkpoint_path,
+    fit_student,
+    plurality,
+    predict,
+    predict_proba,
+    student_config,
+    teacher_config,
+    teacher_votes,
+    train_model,
+    train_student,
+    train_teachers,
+    vote_counts,
+)
+
+__all__ = [
+    "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_MODEL", "MODELS", "STUDENT_CONFIG", "STUDENT_METHODS",
+    "TEACHER_CONFIG", "Dataset", "LabelledQueries", "Queries", "Splits", "TeacherEnsemble", "TrainConfig",
+    "accuracy", "build_model", "checkpoint_path", "count_parameters", "default_model", "fit_student",
+    "load_dataset", "make_splits", "plurality", "predict", "predict_proba", "read_idx", "select_queries",
+    "student_config", "teacher_config", "teacher_votes", "train_model", "train_student", "train_teachers",
+    "vote_counts", "write_idx",
+]
