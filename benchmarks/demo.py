@@ -1,0 +1,47 @@
+"""Run `speed demo` with its defaults and save the JSON with the machine and date.
+
+    .venv/bin/python benchmarks/demo.py            # writes benchmarks/results/demo-<date>.json
+
+Every demo number quoted in README.md / issue notes comes from such a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "speed.cli.main", "demo", "--json", *sys.argv[1:]],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        return proc.returncode
+    result = json.loads(proc.stdout)
+    result["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_s": time.time() - start,
+        "args": sys.argv[1:],
+    }
+    path = out_dir / f"demo-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
