@@ -172,3 +172,29 @@ def test_spec_rejects_out_of_range():
         CircuitSpec(num_holders=0, num_classes=3, noise_bound=1)
     with pytest.raises(InputError, match="global_p_error"):
         CircuitSpec(num_holders=3, num_classes=3, noise_bound=1, global_p_error=2)
+
+
+def test_seeded_votes_are_small_and_encode_mode_agrees(small_spec, small_parties, tmp_path):
+    """Seeded pads: 24 bytes per value on the wire; the encode path gives the same labels."""
+    owner, server, holders, table = small_parties
+    seeded = label_queries(owner, server, holders, np.arange(32), np.arange(6), progress=False)
+    values_per_pad = small_spec.batch_size * small_spec.num_classes
+    assert seeded.bytes["holder_to_server_bytes_per_query"] * small_spec.batch_size < 24 * values_per_pad + 1024
+    assert (seeded.labels == seeded.clear_noisy_argmax).all()
+
+    encode_owner = ModelOwner(small_spec, cache_dir=tmp_path, pad_mode="encode")
+    encode_holders = make_holders(small_spec, table)  # same seeds: same noise as above
+    encode_server = setup_parties(encode_owner, encode_holders)
+    encoded = label_queries(encode_owner, encode_server, encode_holders, np.arange(32), np.arange(6), progress=False)
+    np.testing.assert_array_equal(encoded.labels, seeded.labels)
+    np.testing.assert_array_equal(encoded.clear_noisy_sums, seeded.clear_noisy_sums)
+    assert encoded.bytes["holder_to_server_bytes_per_query"] > 20 * seeded.bytes["holder_to_server_bytes_per_query"]
+
+
+def test_seeded_layout_refuses_wrong_sizes(small_owner):
+    layout = small_owner.keys.layout
+    pad = small_owner.issue_pads(99, [0])[0]
+    with pytest.raises(CiphertextError, match="bytes"):
+        layout.add(pad.data[:-1], np.zeros(layout.count, dtype=np.int64))
+    with pytest.raises(InputError, match="values"):
+        layout.add(pad.data, np.zeros(layout.count + 1, dtype=np.int64))

@@ -51,11 +51,15 @@ class Message:
 
 @dataclass(frozen=True)
 class CircuitBundle(Message):
-    """The compiled server program (public) and the spec it was compiled for."""
+    """The compiled server program (public), the spec it was compiled for, and how holders
+    encrypt: ``pad_mode`` "seeded" (add Δ·v to a seeded pad's bodies, ``pad_layout``) or
+    "encode" (run the program's ``encode`` on the pad with evaluation keys)."""
 
     spec: dict
     program: bytes
     program_id: str
+    pad_mode: str = "seeded"
+    pad_layout: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

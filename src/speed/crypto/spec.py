@@ -162,8 +162,9 @@ class CircuitSpec:
 
     @property
     def cache_key(self) -> str:
-        """Stable key for the compile cache (changes whenever the circuit would)."""
-        payload = json.dumps({"v": 1, **self.to_dict()}, sort_keys=True).encode()
+        """Key for the compile cache: the spec and the source of the circuit code (any change
+        to ``crypto/circuit.py`` or this file recompiles)."""
+        payload = json.dumps({"code": _circuit_code_digest(), **self.to_dict()}, sort_keys=True).encode()
         digest = hashlib.sha256(payload).hexdigest()[:16]
         return f"K{self.num_classes}-N{self.num_holders}-P{self.resolution}-A{self.noise_bound}-B{self.batch_size}-{digest}"
 
@@ -176,6 +177,14 @@ class CircuitSpec:
         """Per query: some holder's share clipped to ±S (changes the noise law: goes to δ)."""
         tail = share_tail(self.share_bound, self.num_holders, scale * self.resolution)
         return float(min(1.0, self.num_classes * self.num_holders * tail))
+
+
+def _circuit_code_digest() -> str:
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    code = b"".join((here / name).read_bytes() for name in ("circuit.py", "spec.py"))
+    return hashlib.sha256(code).hexdigest()[:16]
 
 
 def reference_argmax(counts: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 
 from speed import messages
 from speed.crypto.runtime import ClearArguments, digest, load_evaluation_keys, load_server_program, load_value
+from speed.crypto.seeded import SeededLayout
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 from speed.privacy.noise import sample_lattice_shares
@@ -64,9 +65,13 @@ class DataHolder:
             raise CiphertextError("program or evaluation keys do not match their ids (corrupted transfer)")
         self.spec = CircuitSpec.from_dict(bundle.spec)
         self.keyset_id = keys.keyset_id
-        self._program = load_server_program(bundle.program)
-        self._evaluation_keys = load_evaluation_keys(keys.data)
-        self._clear = ClearArguments(self._program, "encode")
+        self.pad_mode = bundle.pad_mode
+        if self.pad_mode == "seeded":  # no program, no keys: Δ·v goes into the pad's bodies
+            self._layout = SeededLayout.from_dict(bundle.pad_layout)
+        else:
+            self._program = load_server_program(bundle.program)
+            self._evaluation_keys = load_evaluation_keys(keys.data)
+            self._clear = ClearArguments(self._program, "encode")
 
     def receive_pad(self, pad: messages.Pad) -> None:
         self._require_spec()
@@ -94,7 +99,7 @@ class DataHolder:
         return encoded
 
     def encrypt(self, batch_id: int, encoded: np.ndarray) -> messages.EncryptedVote:
-        """encode(pad, v) with evaluation keys; consumes the batch's pad (single use)."""
+        """Encrypt v on the batch's pad (seeded: bodies + Δ·v; encode: run ``encode``); single use."""
         spec = self._require_spec()
         encoded = np.asarray(encoded, dtype=np.int64)
         low, high = spec.vote_range
@@ -104,15 +109,20 @@ class DataHolder:
         if pad is None:
             raise PadReuseError(f"holder {self.holder_id} has no unused pad for batch {batch_id}")
         self.used_pad_ids.add(pad.pad_id)  # consumed even if encryption fails below: never retried
-        zero = load_value(pad.data, f"pad {pad.pad_id}")
-        try:
-            value = self._program.run(
-                zero, self._clear.prepare(encoded, 1), evaluation_keys=self._evaluation_keys, function_name="encode"
-            )
-        except Exception as exc:
-            raise CiphertextError(f"pad {pad.pad_id} does not fit the circuit (foreign or corrupted)") from exc
+        if self.pad_mode == "seeded":
+            data = self._layout.add(pad.data, encoded)
+        else:
+            zero = load_value(pad.data, f"pad {pad.pad_id}")
+            try:
+                value = self._program.run(
+                    zero, self._clear.prepare(encoded, 1), evaluation_keys=self._evaluation_keys,
+                    function_name="encode",
+                )
+            except Exception as exc:
+                raise CiphertextError(f"pad {pad.pad_id} does not fit the circuit (foreign or corrupted)") from exc
+            data = value.serialize()
         return messages.EncryptedVote(
-            batch_id=batch_id, holder_id=self.holder_id, pad_id=pad.pad_id, keyset_id=self.keyset_id, data=value.serialize()
+            batch_id=batch_id, holder_id=self.holder_id, pad_id=pad.pad_id, keyset_id=self.keyset_id, data=data
         )
 
     def answer(self, batch: messages.QueryBatch, queries: np.ndarray) -> tuple[messages.EncryptedVote, np.ndarray]:

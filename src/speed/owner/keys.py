@@ -14,15 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from speed import messages
-from speed.crypto.runtime import digest, load_value
+from speed.crypto.runtime import ClearArguments, digest, load_value
+from speed.crypto.seeded import SeededLayout, discover_layout
 from speed.crypto.spec import CircuitSpec
-from speed.errors import CiphertextError
+from speed.errors import CiphertextError, InputError
 
 
 class OwnerKeys:
     """Secret and evaluation keys for one compiled SPEED module."""
 
-    def __init__(self, server_program, spec: CircuitSpec, key_path: Path | None = None):
+    def __init__(
+        self, server_program, spec: CircuitSpec, key_path: Path | None = None, pad_mode: str = "seeded"
+    ):
         from concrete import fhe
         from concrete.compiler import ClientProgram
 
@@ -43,7 +46,36 @@ class OwnerKeys:
             server_program.client_specs.program_info, self._client.keys._keyset  # noqa: SLF001
         )
         self._encode_client = program.get_client_circuit("encode")
+        self._aggregate_client = program.get_client_circuit("aggregate")
         self._zeros = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
+        if pad_mode not in ("seeded", "encode"):
+            raise InputError(f"pad_mode must be 'seeded' or 'encode', got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        self.layout = self._verify_seeded_layout(server_program) if pad_mode == "seeded" else None
+
+    def _verify_seeded_layout(self, server_program) -> SeededLayout:
+        """Find and check the seeded pad layout and Δ against concrete (see speed.crypto.seeded)."""
+        from concrete import fhe
+        from concrete.compiler import Value as RawValue
+
+        evaluation = self._client.evaluation_keys
+        clear = ClearArguments(server_program, "encode")
+
+        def make_pad() -> bytes:
+            return fhe.Value(self._encode_client.prepare_input(RawValue(self._zeros), 0)).serialize()
+
+        def decrypt_after_add(data: bytes) -> np.ndarray:
+            out = server_program.run(
+                fhe.Value.deserialize(data), clear.prepare(self._zeros, 1),
+                evaluation_keys=evaluation, function_name="encode",
+            )
+            return self._client.decrypt(out, function_name="encode")
+
+        info = server_program.client_specs.program_info
+        keyids = {info.input_keyid_at(i, "aggregate") for i in range(self.spec.num_holders)}
+        if keyids != {info.input_keyid_at(0, "encode")}:
+            raise CiphertextError("aggregate inputs and encode's pad use different keys: use pad_mode='encode'")
+        return discover_layout(make_pad, self._zeros.size, decrypt_after_add, max_abs=self.spec.share_bound)
 
     def evaluation_keys(self) -> messages.EvaluationKeys:
         return messages.EvaluationKeys(keyset_id=self.keyset_id, data=self._evaluation)
@@ -53,7 +85,10 @@ class OwnerKeys:
         from concrete import fhe
         from concrete.compiler import Value as RawValue
 
-        value = fhe.Value(self._encode_client.prepare_input(RawValue(self._zeros), 0))
+        if self.pad_mode == "seeded":  # holder's own input slot of aggregate, seeded form
+            value = fhe.Value(self._aggregate_client.prepare_input(RawValue(self._zeros), holder_id))
+        else:  # encode's first argument; the holder runs encode
+            value = fhe.Value(self._encode_client.prepare_input(RawValue(self._zeros), 0))
         return messages.Pad(
             pad_id=secrets.token_hex(12),
             keyset_id=self.keyset_id,

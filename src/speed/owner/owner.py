@@ -18,7 +18,13 @@ from speed.owner.keys import OwnerKeys
 class ModelOwner:
     """Owner of the secret key.  ``timings`` records compile and keygen seconds."""
 
-    def __init__(self, spec: CircuitSpec, cache_dir: Path | None = None, key_path: Path | None = None):
+    def __init__(
+        self,
+        spec: CircuitSpec,
+        cache_dir: Path | None = None,
+        key_path: Path | None = None,
+        pad_mode: str = "seeded",
+    ):
         self.spec = spec
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -27,13 +33,15 @@ class ModelOwner:
         server_program = self._server_program = load_server_program(path)
         self.timings["compile_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        self.keys = OwnerKeys(server_program, spec, key_path)
+        self.keys = OwnerKeys(server_program, spec, key_path, pad_mode)
         self.timings["keygen_s"] = time.perf_counter() - start
         self.pads_issued: dict[str, tuple[int, int]] = {}
 
     def circuit_bundle(self) -> messages.CircuitBundle:
+        layout = self.keys.layout.to_dict() if self.keys.layout else {}
         return messages.CircuitBundle(
-            spec=self.spec.to_dict(), program=self._program_bytes, program_id=digest(self._program_bytes)
+            spec=self.spec.to_dict(), program=self._program_bytes, program_id=digest(self._program_bytes),
+            pad_mode=self.keys.pad_mode, pad_layout=layout,
         )
 
     def evaluation_keys(self) -> messages.EvaluationKeys:
