@@ -48,7 +48,7 @@ def digits_splits(digits):
 
 @pytest.fixture(scope="module")
 def digits_teachers(digits, digits_splits):
-    return train_teachers(digits, digits_splits, seed=0, progress=False, num_threads=1)
+    return train_teachers(digits, digits_splits, seed=0, progress=False, num_threads=1, workers=1)
 
 
 # ----------------------------------------------------------------------- datasets
@@ -117,7 +117,8 @@ def test_missing_dataset_messages(tmp_path):
         load_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
     with pytest.raises(DatasetMissingError) as err:
         load_dataset("svhn", data_dir=tmp_path)
-    assert "train_32x32.mat" in str(err.value) and "test_32x32.mat" in str(err.value) and str(tmp_path) in str(err.value)
+    msg = str(err.value)
+    assert "train_32x32.mat" in msg and "test_32x32.mat" in msg and str(tmp_path) in msg
     with pytest.raises(DatasetMissingError, match="extra_32x32.mat"):
         load_dataset("svhn", data_dir=tmp_path, include_extra=True)
     with pytest.raises(DatasetMissingError, match="data_batch_1"):
@@ -146,7 +147,7 @@ def test_svhn_loader_on_tiny_mat_files(tmp_path):
     expected = np.where(ytr[:, 0] == 10, 0, ytr[:, 0])
     assert np.array_equal(d.y_train, expected)
     # pixel (row 4, col 7, channel 2) of image 1
-    assert d.x_train[1, 2, 4, 7] == pytest.approx(xtr[4, 7, 2, 1] / 255.0)
+    assert d.x_train[1, 2, 4, 7] == pytest.approx(xtr[4, 7, 2, 1] / 255.0)  # (H, W, C, n) -> (n, C, H, W)
     write("extra_32x32.mat", 4)
     d2 = load_dataset("svhn", data_dir=tmp_path, include_extra=True)
     assert d2.x_train.shape == (9, 3, 32, 32) and np.array_equal(d2.x_train[:5], d.x_train)
@@ -181,7 +182,8 @@ def test_uniform_splits_disjoint_complete_deterministic(digits):
     u = make_splits(digits, num_holders=7, num_queries_pool=250, seed=4)
     assert not np.array_equal(s.pool_indices, u.pool_indices)
     x0, y0 = s.holder_data(0)
-    assert np.array_equal(x0, digits.x_train[s.holder_indices[0]]) and np.array_equal(y0, digits.y_train[s.holder_indices[0]])
+    assert np.array_equal(x0, digits.x_train[s.holder_indices[0]])
+    assert np.array_equal(y0, digits.y_train[s.holder_indices[0]])
     assert np.array_equal(s.test_y, digits.y_test[s.test_indices])
 
 
@@ -327,7 +329,8 @@ def test_teachers_on_digits_are_accurate(digits_splits, digits_teachers):
 def test_checkpoint_resume_retrains_only_missing(digits, tmp_path, monkeypatch):
     s = make_splits(digits, num_holders=3, num_queries_pool=300, seed=0)
     cfg = TrainConfig(steps=10, batch_size=32, lr=3e-3)
-    first = train_teachers(digits, s, config=cfg, checkpoint_dir=tmp_path, progress=False, num_threads=1)
+    kw = dict(checkpoint_dir=tmp_path, progress=False, num_threads=1, workers=1)
+    first = train_teachers(digits, s, config=cfg, **kw)
     assert first.trained == [0, 1, 2] and first.loaded == []
     paths = [checkpoint_path(tmp_path, i) for i in range(3)]
     assert all(p.is_file() for p in paths)
@@ -342,22 +345,21 @@ def test_checkpoint_resume_retrains_only_missing(digits, tmp_path, monkeypatch):
         return real(job)
 
     monkeypatch.setattr(train_mod, "_train_teacher_job", counting)
-    second = train_teachers(digits, s, config=cfg, checkpoint_dir=tmp_path, progress=False, num_threads=1)
+    second = train_teachers(digits, s, config=cfg, **kw)
     assert calls == [1] and second.trained == [1] and second.loaded == [0, 2]
     assert paths[0].stat().st_mtime_ns == mtimes[0] and paths[2].stat().st_mtime_ns == mtimes[2]
     # the retrained teacher is the same model (deterministic), the loaded ones too
     assert np.array_equal(first.votes(s.test_x), second.votes(s.test_x))
 
     calls.clear()
-    train_teachers(digits, s, config=cfg, checkpoint_dir=tmp_path, progress=False, num_threads=1)
+    train_teachers(digits, s, config=cfg, **kw)
     assert calls == []
     # a corrupt checkpoint and a different configuration are retrained, not trusted
     paths[2].write_bytes(b"garbage")
-    train_teachers(digits, s, config=cfg, checkpoint_dir=tmp_path, progress=False, num_threads=1)
+    train_teachers(digits, s, config=cfg, **kw)
     assert calls == [2]
     calls.clear()
-    train_teachers(digits, s, config=TrainConfig(steps=11, batch_size=32, lr=3e-3), checkpoint_dir=tmp_path,
-                   progress=False, num_threads=1)
+    train_teachers(digits, s, config=TrainConfig(steps=11, batch_size=32, lr=3e-3), **kw)
     assert calls == [0, 1, 2]
 
 
@@ -365,8 +367,8 @@ def test_checkpoint_resume_retrains_only_missing(digits, tmp_path, monkeypatch):
 def test_worker_processes_give_the_same_teachers(digits, tmp_path):
     s = make_splits(digits, num_holders=2, num_queries_pool=300, seed=0)
     cfg = TrainConfig(steps=10, batch_size=32, lr=3e-3)
-    a = train_teachers(digits, s, config=cfg, progress=False, num_threads=1)
-    b = train_teachers(digits, s, config=cfg, progress=False, num_threads=2, workers=2, checkpoint_dir=tmp_path)
+    a = train_teachers(digits, s, config=cfg, progress=False, num_threads=1, workers=1)
+    b = train_teachers(digits, s, config=cfg, progress=False, num_threads=1, workers=2, checkpoint_dir=tmp_path)
     assert b.trained == [0, 1] and all(checkpoint_path(tmp_path, i).is_file() for i in range(2))
     assert np.array_equal(a.votes(s.test_x), b.votes(s.test_x))
 

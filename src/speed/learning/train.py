@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -394,7 +395,7 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
                    batch_size: int | None = None, lr: float | None = None, optimizer: str | None = None, *,
                    config: TrainConfig | None = None, seed: int = 0,
                    checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
-                   num_threads: int | None = None, workers: int = 1,
+                   num_threads: int = 1, workers: int | None = None,
                    device: str | torch.device | None = None) -> TeacherEnsemble:
     """Train one teacher per holder shard of ``splits``.
 
@@ -409,9 +410,13 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
     killed run resumes where it stopped.  A stale or corrupt checkpoint is retrained
     and overwritten.
 
-    Cores: ``workers=1`` trains holder by holder with ``num_threads`` torch threads
-    (default: all CPUs); ``workers>1`` trains that many teachers at once in worker
-    processes with one thread each (better for small models).
+    Cores: ``workers`` teachers are trained at once, each in its own process (spawned)
+    with ``num_threads`` torch threads; the default is one worker per CPU, one thread
+    each.  ``workers=1`` trains holder by holder in this process.  Processes rather than
+    intra-op threads because on a shared 2-core machine two torch threads were up to 9x
+    *slower* than one (thread oversubscription), and small models gain nothing from
+    threads.  If worker processes cannot start (e.g. a script read from stdin), the
+    remaining teachers are trained in this process.
     """
     d = splits.dataset
     if dataset is not d and (dataset.name != d.name or len(dataset.y_train) != len(d.y_train)):
@@ -422,7 +427,10 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
                  if v is not None}
     cfg = replace(cfg, **overrides)
     build_model(model_name, d.in_shape, d.num_classes)  # validate the name early
-    threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1 or num_threads < 1:
+        raise InputError(f"workers and num_threads must be >= 1, got {workers} and {num_threads}")
     n = splits.num_holders
 
     models: list[nn.Module | None] = [None] * n
@@ -461,19 +469,26 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
     if loaded:
         bar.set_postfix(loaded=len(loaded))
     try:
+        pending = list(jobs)
         if workers > 1 and len(jobs) > 1:
             for job in jobs:
-                job["threads"] = max(1, threads // workers)
+                job["threads"] = num_threads
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                for fut in cf.as_completed([pool.submit(_train_teacher_job, job) for job in jobs]):
-                    accept(fut.result())
-                    bar.update(1)
-        else:
-            with torch_threads(threads):
-                for job in jobs:
-                    accept(_train_teacher_job(job))
-                    bar.update(1)
+            try:
+                with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+                    for fut in cf.as_completed([pool.submit(_train_teacher_job, job) for job in jobs]):
+                        payload = fut.result()
+                        accept(payload)
+                        pending = [j for j in pending if j["holder"] != payload["holder"]]
+                        bar.update(1)
+            except cf.process.BrokenProcessPool:
+                warnings.warn("teacher worker processes failed to run; training the rest in this process",
+                              RuntimeWarning, stacklevel=2)
+        with torch_threads(num_threads):
+            for job in pending:
+                job["threads"] = None
+                accept(_train_teacher_job(job))
+                bar.update(1)
     finally:
         bar.close()
     return TeacherEnsemble(models, model_name, cfg, trained=[j["holder"] for j in jobs], loaded=loaded,
