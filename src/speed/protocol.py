@@ -34,6 +34,7 @@ class LabellingResult:
     timings: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, float] = field(default_factory=dict)
     stopped: str | None = None  # why labelling stopped early (privacy budget), if it did
+    server_call_seconds: list[float] = field(default_factory=list)  # one per batch
 
 
 def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0) -> list[messages.QueryBatch]:
@@ -76,6 +77,7 @@ def label_queries(
     t = {"pads_s": 0.0, "holder_encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
     vote_bytes = pad_bytes = label_bytes = 0
     stopped = None
+    server_calls: list[float] = []
     for batch in tqdm(batches, desc="encrypted labelling", unit="batch", disable=not progress):
         n_real = len(batch.query_ids)
         start = time.perf_counter()
@@ -95,7 +97,8 @@ def label_queries(
         t["holder_encrypt_s"] += time.perf_counter() - start
         start = time.perf_counter()
         encrypted = server.aggregate(batch, votes)
-        t["server_s"] += time.perf_counter() - start
+        server_calls.append(time.perf_counter() - start)
+        t["server_s"] += server_calls[-1]
         label_bytes += encrypted.payload_bytes
         if before_release is not None:
             try:
@@ -132,4 +135,5 @@ def label_queries(
         timings=timings,
         bytes=sizes,
         stopped=stopped,
+        server_call_seconds=server_calls,
     )

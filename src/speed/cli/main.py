@@ -18,6 +18,7 @@ from speed.errors import SpeedError
 COMMAND_MODULES = (
     "speed.cli.demo_cmd",
     "speed.cli.privacy_cmd",
+    "speed.cli.bench_cmd",
 )
 
 

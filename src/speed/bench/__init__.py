@@ -1,0 +1,1 @@
+"""Benchmarks callable from the CLI (``speed bench ...``); scripts in ``benchmarks/`` wrap them."""

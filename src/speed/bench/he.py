@@ -1,0 +1,118 @@
+"""Encrypted aggregation engine benchmark: compile, keys, holder encryption, server time per
+query, bytes, exactness against numpy on the same noisy votes (real TFHE execution)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speed.crypto.circuit import server_program_path
+from speed.crypto.spec import CircuitSpec, choose_noise_bound
+from speed.holder import DataHolder
+from speed.owner.owner import ModelOwner
+from speed.privacy.noise import holder_generators
+from speed.protocol import label_queries, setup_parties
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, agreement: float) -> np.ndarray:
+    """Teacher answers (Q, N): a fraction ``agreement`` votes the query's class, others random;
+    some queries are made near-ties between two classes (harder for the argmax)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, num_classes, size=num_queries)
+    table = rng.integers(0, num_classes, size=(num_queries, num_holders))
+    agree = rng.random((num_queries, num_holders)) < agreement
+    table[agree] = np.broadcast_to(truth[:, None], table.shape)[agree]
+    near = rng.random(num_queries) < 0.3  # split the holders evenly between two classes
+    for q in np.flatnonzero(near):
+        a, b = rng.choice(num_classes, size=2, replace=False)
+        table[q] = np.where(np.arange(num_holders) % 2 == 0, a, b)
+    return table
+
+
+def run(
+    num_classes: int = 10,
+    num_holders: int = 250,
+    num_queries: int = 5,
+    batch_size: int = 1,
+    gamma: float = 3.3,
+    resolution: int = 1,
+    noise_failure: float = 1e-12,
+    global_p_error: float = 1e-9,
+    pad_mode: str = "seeded",
+    seed: int = 0,
+    cache_dir: str | Path = ".speed-cache",
+    progress: bool = True,
+) -> dict[str, Any]:
+    scale = 1.0 / gamma
+    bound = choose_noise_bound(num_holders, num_classes, scale, resolution, noise_failure)
+    spec = CircuitSpec(
+        num_holders=num_holders, num_classes=num_classes, noise_bound=bound, resolution=resolution,
+        batch_size=batch_size, global_p_error=global_p_error,
+    )
+    cached = (Path(cache_dir) / "circuits" / spec.cache_key / "server.zip").exists()
+    start = time.perf_counter()
+    server_program_path(spec, cache_dir)
+    compile_s = time.perf_counter() - start
+    owner = ModelOwner(spec, cache_dir=cache_dir, pad_mode=pad_mode)
+    table = vote_table(num_queries, num_holders, num_classes, seed, agreement=0.6)
+    rngs = holder_generators(seed, num_holders)
+    holders = [
+        DataHolder(i, (lambda q, i=i: table[np.asarray(q, dtype=np.int64), i]), scale, rngs[i])
+        for i in range(num_holders)
+    ]
+    start = time.perf_counter()
+    server = setup_parties(owner, holders)
+    setup_s = time.perf_counter() - start
+    result = label_queries(owner, server, holders, np.arange(num_queries), np.arange(num_queries), progress=progress)
+    per_query = [t / batch_size for t in result.server_call_seconds]
+    exact = int(np.sum(result.labels == result.clear_noisy_argmax))
+    srv = owner._server_program  # public statistics of the compiled program
+    return {
+        "classes": num_classes,
+        "holders": num_holders,
+        "queries": int(len(result.labels)),
+        "batch_size": batch_size,
+        "pad_mode": pad_mode,
+        "median_server_s_per_query": float(np.median(per_query)),
+        "server_s_per_call": result.server_call_seconds,
+        "throughput_queries_per_s": float(len(result.labels) / max(sum(result.server_call_seconds), 1e-9)),
+        "exact": exact,
+        "ties_in_noisy_counts": int(np.sum(np.sort(result.clear_noisy_sums, axis=1)[:, -1]
+                                           == np.sort(result.clear_noisy_sums, axis=1)[:, -2])),
+        "bytes_per_holder_per_query": result.bytes["holder_to_server_bytes_per_query"],
+        "pad_bytes_per_holder_per_query": result.bytes["owner_to_holder_pad_bytes_per_query"],
+        "label_bytes_per_query": result.bytes["server_to_owner_bytes_per_query"],
+        "evaluation_key_bytes": result.bytes["evaluation_key_bytes"],
+        "bootstrap_key_bytes_uncompressed": int(srv.size_of_bootstrap_keys),
+        "keyswitch_key_bytes_uncompressed": int(srv.size_of_keyswitch_keys),
+        "pbs_count": owner.pbs_count(),
+        "pbs_per_query": owner.pbs_count() / batch_size,
+        "p_error": owner.p_error(),
+        "global_p_error": float(srv.global_p_error),
+        "security_bits": spec.security_level,
+        "noise_bound": bound,
+        "difference_width_bits": spec.difference_width,
+        "compile_s": compile_s,
+        "compile_cached": cached,
+        "keygen_s": owner.timings["keygen_s"],
+        "setup_s": setup_s,
+        "holder_encrypt_s_per_query": result.timings["holder_encrypt_s_per_query"],
+        "pads_s_total": result.timings["pads_s"],
+        "decrypt_s_per_query": result.timings["decrypt_s_per_query"],
+        "machine": machine(),
+    }

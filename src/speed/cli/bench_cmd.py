@@ -1,0 +1,62 @@
+"""``speed bench he``: the encrypted aggregation engine benchmark."""
+
+from __future__ import annotations
+
+import argparse
+
+from speed.cli.report import dump_json, print_sections
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (encrypted aggregation engine)",
+                       description="Benchmarks whose numbers the docs quote.")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH")
+    bsub.required = True
+    he = bsub.add_parser(
+        "he", help="server time, bytes, exactness of the homomorphic argmax",
+        description="Compile (or load from cache) the circuit for K classes and N holders, label Q "
+        "random queries through real TFHE, and compare every decrypted label with numpy's argmax of "
+        "the same noisy votes.",
+    )
+    he.add_argument("--classes", type=int, default=10)
+    he.add_argument("--holders", type=int, default=250)
+    he.add_argument("--queries", type=int, default=5)
+    he.add_argument("--batch-size", type=int, default=1, help="queries per circuit call")
+    he.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ of the noise")
+    he.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote")
+    he.add_argument("--pad-mode", choices=["seeded", "encode"], default="seeded")
+    he.add_argument("--seed", type=int, default=0)
+    he.add_argument("--cache-dir", default=".speed-cache")
+    he.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    he.set_defaults(func=run_he)
+
+
+def run_he(args: argparse.Namespace) -> int:
+    from speed.bench.he import run
+
+    r = run(
+        num_classes=args.classes, num_holders=args.holders, num_queries=args.queries, batch_size=args.batch_size,
+        gamma=args.gamma, resolution=args.resolution, pad_mode=args.pad_mode, seed=args.seed,
+        cache_dir=args.cache_dir, progress=not args.json,
+    )
+    if args.json:
+        print(dump_json(r))
+        return 0
+    print_sections(
+        f"HE engine — K={r['classes']}, N={r['holders']}, {r['queries']} queries, batch {r['batch_size']}",
+        [
+            ("server", [("median s / query", r["median_server_s_per_query"]),
+                        ("throughput queries / s", r["throughput_queries_per_s"]),
+                        ("exact / queries", f"{r['exact']} / {r['queries']}"),
+                        ("PBS / query", r["pbs_per_query"]), ("p_error per PBS", r["p_error"]),
+                        ("global p_error per call", r["global_p_error"])]),
+            ("bytes", [("holder → server / holder / query", int(r["bytes_per_holder_per_query"])),
+                       ("owner → holder pads / holder / query", int(r["pad_bytes_per_holder_per_query"])),
+                       ("server → owner / query", int(r["label_bytes_per_query"])),
+                       ("evaluation keys (compressed)", r["evaluation_key_bytes"])]),
+            ("setup", [("compile s" + (" (cached)" if r["compile_cached"] else ""), r["compile_s"]),
+                       ("keygen s", r["keygen_s"]),
+                       ("holder encryption s / holder / query", r["holder_encrypt_s_per_query"])]),
+        ],
+    )
+    return 0
