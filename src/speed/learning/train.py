@@ -436,7 +436,7 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
     models: list[nn.Module | None] = [None] * n
     seconds = [0.0] * n
     loaded: list[int] = []
-    jobs: list[dict] = []
+    todo: list[tuple[int, str, Path | None]] = []
     for i in range(n):
         fp = _fingerprint(splits, i, model_name, cfg, seed)
         path = checkpoint_path(checkpoint_dir, i) if checkpoint_dir is not None else None
@@ -448,12 +448,15 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
             seconds[i] = float(ck.get("train_seconds", 0.0))
             loaded.append(i)
             continue
-        x, y = splits.holder_data(i)
-        jobs.append({
+        todo.append((i, fp, path))
+
+    def job(i: int, fp: str, path: Path | None, threads: int | None) -> dict:
+        x, y = splits.holder_data(i)  # built when submitted: never all shards copied at once
+        return {
             "holder": i, "x": x, "y": y, "model_name": model_name, "in_shape": d.in_shape,
             "num_classes": d.num_classes, "config": cfg, "seed": derive_seed(seed, i), "fingerprint": fp,
-            "path": str(path) if path is not None else None, "device": device, "threads": None,
-        })
+            "path": str(path) if path is not None else None, "device": device, "threads": threads,
+        }
 
     def accept(payload: dict) -> None:
         i = payload["holder"]
@@ -469,29 +472,31 @@ def train_teachers(dataset: Dataset, splits: Splits, model_name: str | None = No
     if loaded:
         bar.set_postfix(loaded=len(loaded))
     try:
-        pending = list(jobs)
-        if workers > 1 and len(jobs) > 1:
-            for job in jobs:
-                job["threads"] = num_threads
+        pending = list(todo)
+        if workers > 1 and len(todo) > 1:
             ctx = multiprocessing.get_context("spawn")
             try:
-                with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                    for fut in cf.as_completed([pool.submit(_train_teacher_job, job) for job in jobs]):
-                        payload = fut.result()
-                        accept(payload)
-                        pending = [j for j in pending if j["holder"] != payload["holder"]]
-                        bar.update(1)
+                with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                    queue, running = list(todo), set()
+                    while queue or running:
+                        while queue and len(running) < workers:
+                            running.add(pool.submit(_train_teacher_job, job(*queue.pop(0), num_threads)))
+                        done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                        for fut in done:
+                            payload = fut.result()
+                            accept(payload)
+                            pending = [t for t in pending if t[0] != payload["holder"]]
+                            bar.update(1)
             except cf.process.BrokenProcessPool:
                 warnings.warn("teacher worker processes failed to run; training the rest in this process",
                               RuntimeWarning, stacklevel=2)
         with torch_threads(num_threads):
-            for job in pending:
-                job["threads"] = None
-                accept(_train_teacher_job(job))
+            for t in pending:
+                accept(_train_teacher_job(job(*t, None)))
                 bar.update(1)
     finally:
         bar.close()
-    return TeacherEnsemble(models, model_name, cfg, trained=[j["holder"] for j in jobs], loaded=loaded,
+    return TeacherEnsemble(models, model_name, cfg, trained=[t[0] for t in todo], loaded=loaded,
                            train_seconds=seconds)  # type: ignore[arg-type]
 
 
