@@ -87,7 +87,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     splits = make_splits(dataset, config.holders, seed=config.seed)
     teachers = train_teachers(
-        dataset, splits, seed=config.seed, progress=progress,
+        dataset, splits, seed=config.seed, progress=progress, workers=1,  # small digits models: 1 process is faster
         checkpoint_dir=cache / "teachers" / f"{dataset.name}-N{config.holders}-s{config.seed}",
     )
     times["teacher_training_s"] = time.perf_counter() - start

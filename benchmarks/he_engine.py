@@ -1,0 +1,91 @@
+"""Scaling table of the encrypted aggregation engine (issue 3).
+
+    .venv/bin/python benchmarks/he_engine.py [--classes 2 10 100] [--holders 10 250 1000] [--queries 3]
+
+Each configuration runs `speed bench he --json` in its own process with a time limit, so a
+configuration that cannot run here is reported with the measured reason (time limit,
+exit status, peak memory) instead of a guess.  Writes benchmarks/results/he_engine-<date>.json
+and .md (machine and date included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.bench.he import machine  # noqa: E402
+
+COLUMNS = [
+    ("classes", "K"), ("holders", "N"), ("queries", "Q"), ("exact", "exact"),
+    ("median_server_s_per_query", "server s/query"), ("pbs_per_query", "PBS/query"),
+    ("bytes_per_holder_per_query", "holder→server B/query"), ("pad_bytes_per_holder_per_query", "pad B/query"),
+    ("evaluation_key_bytes", "eval keys B"), ("compile_s", "compile s"), ("keygen_s", "keygen s"),
+    ("holder_encrypt_s_per_query", "holder enc s/query"), ("difference_width_bits", "diff bits"),
+    ("p_error", "p_error/PBS"), ("peak_rss_gb", "peak RSS GB"),
+]
+
+
+def run_one(k: int, n: int, q: int, limit: int, cache: str) -> dict:
+    cmd = [sys.executable, "-m", "speed.cli.main", "bench", "he", "--json", "--classes", str(k),
+           "--holders", str(n), "--queries", str(q), "--cache-dir", cache]
+    start = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return {"classes": k, "holders": n, "queries": q, "status": f"did not finish in {limit} s (time limit)"}
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
+        return {"classes": k, "holders": n, "queries": q,
+                "status": f"exit {proc.returncode} after {time.time() - start:.0f} s: {last[0][:200]}"}
+    result = json.loads(proc.stdout)
+    result["status"] = "ok"
+    result["wall_s"] = time.time() - start
+    result["peak_rss_gb"] = max(peak, before) / 1e6  # ru_maxrss is in KB on Linux (max over children)
+    return result
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classes", type=int, nargs="+", default=[2, 10, 100])
+    ap.add_argument("--holders", type=int, nargs="+", default=[10, 250, 1000])
+    ap.add_argument("--queries", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=600, help="seconds per configuration")
+    ap.add_argument("--cache-dir", default=".speed-cache")
+    args = ap.parse_args()
+    rows = []
+    for k in args.classes:
+        for n in args.holders:
+            print(f"K={k} N={n} ...", file=sys.stderr, flush=True)
+            rows.append(run_one(k, n, args.queries, args.limit, args.cache_dir))
+            print("  ", rows[-1].get("status"), rows[-1].get("median_server_s_per_query"), file=sys.stderr)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    info = machine()
+    (out / f"he_engine-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    lines = [f"Measured {info['date_utc']} on {info['processor']}, {info['cpus']} CPUs, {info['platform']}.", "",
+             "| " + " | ".join(h for _, h in COLUMNS) + " | status |",
+             "|" + "---|" * (len(COLUMNS) + 1)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(key, "")) for key, _ in COLUMNS) + f" | {r['status']} |")
+    (out / f"he_engine-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
