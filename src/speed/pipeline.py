@@ -63,6 +63,34 @@ class RunConfig:
             raise InputError("the dataset must have at least 2 classes")
 
 
+def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, holders: int, seed: int,
+                           suffix: str = "") -> Path:
+    """Where the teachers of ``holders`` holders (split and training seed ``seed``) are checkpointed."""
+    return Path(cache_dir) / "teachers" / f"{dataset_name}-N{holders}-s{seed}{suffix}"
+
+
+def circuit_spec(config: RunConfig, num_classes: int) -> CircuitSpec:
+    """The circuit the owner compiles for ``config``: noise bound A from γ, P and the failure target."""
+    scale = 1.0 / config.gamma
+    bound = choose_noise_bound(config.holders, num_classes, scale, config.resolution, config.noise_failure)
+    return CircuitSpec(
+        num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
+        resolution=config.resolution, batch_size=config.batch_size, global_p_error=config.global_p_error,
+    )
+
+
+def failure_probability_per_query(spec: CircuitSpec, scale: float) -> float:
+    """Per-query probability that the circuit's output is not the exact noisy argmax (ledger's β)."""
+    return spec.histogram_failure_probability(scale) + spec.clip_failure_probability(scale)
+
+
+def make_holders(teachers, scale: float, rngs: list) -> list[DataHolder]:
+    """One :class:`DataHolder` per teacher; holder i answers with teacher i (the query points are public)."""
+    from speed.learning.train import predict
+
+    return [DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), scale, rngs[i]) for i in range(len(teachers))]
+
+
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Run every stage; return a JSON-ready dict of settings, results, ε, times and sizes."""
     from speed.learning import (
@@ -76,7 +104,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         train_teachers,
         vote_counts,
     )
-    from speed.learning.train import predict
     from speed.privacy.ledger import PrivacyLedger
 
     times: dict[str, float] = {}
@@ -88,7 +115,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     splits = make_splits(dataset, config.holders, seed=config.seed)
     teachers = train_teachers(
         dataset, splits, seed=config.seed, progress=progress, workers=1,  # small digits models: 1 process is faster
-        checkpoint_dir=cache / "teachers" / f"{dataset.name}-N{config.holders}-s{config.seed}",
+        checkpoint_dir=teacher_checkpoint_dir(cache, dataset.name, config.holders, config.seed),
     )
     times["teacher_training_s"] = time.perf_counter() - start
     if config.queries > splits.pool_size:
@@ -100,22 +127,15 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     clear_counts = vote_counts(clear_votes, dataset.num_classes)
 
     scale = 1.0 / config.gamma
-    bound = choose_noise_bound(config.holders, dataset.num_classes, scale, config.resolution, config.noise_failure)
-    spec = CircuitSpec(
-        num_holders=config.holders, num_classes=dataset.num_classes, noise_bound=bound,
-        resolution=config.resolution, batch_size=config.batch_size, global_p_error=config.global_p_error,
-    )
+    spec = circuit_spec(config, dataset.num_classes)
     owner = ModelOwner(spec, cache_dir=cache)
     times["compile_s"] = owner.timings["compile_s"]
     times["keygen_s"] = owner.timings["keygen_s"]
 
     rngs = [None] * config.holders if config.production_noise else holder_generators(config.seed, config.holders)
-    # Holder i answers with its own teacher; the query points are public.
-    holders = [
-        DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), scale, rngs[i]) for i in range(config.holders)
-    ]
+    holders = make_holders(teachers, scale, rngs)
     server = setup_parties(owner, holders)
-    failure_per_query = spec.histogram_failure_probability(scale) + spec.clip_failure_probability(scale)
+    failure_per_query = failure_probability_per_query(spec, scale)
     ledger_path = Path(config.ledger) if config.ledger else cache / "ledgers" / f"{run_id()}.jsonl"
     ledger = PrivacyLedger(
         ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, gamma=config.gamma, tau=config.tau,
