@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -35,12 +34,10 @@ def run_one(k: int, n: int, q: int, limit: int, cache: str) -> dict:
     cmd = [sys.executable, "-m", "speed.cli.main", "bench", "he", "--json", "--classes", str(k),
            "--holders", str(n), "--queries", str(q), "--cache-dir", cache]
     start = time.time()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         return {"classes": k, "holders": n, "queries": q, "status": f"did not finish in {limit} s (time limit)"}
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
         return {"classes": k, "holders": n, "queries": q,
@@ -48,7 +45,6 @@ def run_one(k: int, n: int, q: int, limit: int, cache: str) -> dict:
     result = json.loads(proc.stdout)
     result["status"] = "ok"
     result["wall_s"] = time.time() - start
-    result["peak_rss_gb"] = max(peak, before) / 1e6  # ru_maxrss is in KB on Linux (max over children)
     return result
 
 

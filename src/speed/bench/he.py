@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -114,5 +115,6 @@ def run(
         "holder_encrypt_s_per_query": result.timings["holder_encrypt_s_per_query"],
         "pads_s_total": result.timings["pads_s"],
         "decrypt_s_per_query": result.timings["decrypt_s_per_query"],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # KB on Linux
         "machine": machine(),
     }

@@ -38,8 +38,8 @@ from scipy import stats
 
 from speed.errors import InputError
 
-#: Largest configuration we let users compile (SPEC §5 costs grow as K²; see docs/he-engine.md).
-MAX_CLASSES = 64
+#: Sanity limits on the configuration (SPEC §5 costs grow as K²; docs/he-engine.md has measurements).
+MAX_CLASSES = 256
 MAX_HOLDERS = 10_000
 
 
