@@ -1,0 +1,208 @@
+"""Settings of one deployed labelling job, as Flower's run config carries them.
+
+The ServerApp, the owner's ClientApp and the holders' ClientApps all read the same run
+config (``[tool.flwr.app.config]`` of the Flower App, overridden with ``flwr run
+--run-config``), so they agree on N, K, the batch size, γ and the seed without any
+extra message.  Per-organisation settings (role, partition id, where to keep state and
+the holder's teacher) are *node* config (``flower-supernode --node-config``), see
+:class:`NodeConfig`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from speed.crypto.spec import CircuitSpec, choose_noise_bound
+from speed.errors import InputError
+
+#: Flower App name / publisher (the FAB id is ``speed/speed-deploy``).
+APP_NAME = "speed-deploy"
+APP_PUBLISHER = "speed"
+SERVER_APP = "speed.deploy.server_app:app"
+CLIENT_APP = "speed.deploy.client_app:app"
+TASKS = ("digits", "table")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """One labelling job.  Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    task: str = "digits"  # "digits": sklearn digits + CNN teachers; "table": fixed teacher-prediction table
+    holders: int = 5  # N: holder slots of the compiled circuit
+    classes: int = 0  # K (0: the task's own class count; required for "table")
+    queries: int = 10  # Q
+    batch_size: int = 10  # queries per circuit call
+    gamma: float = 3.3  # γ = 1/λ
+    tau: float = 1.0  # assumed fraction of holders whose noise stays secret
+    delta: float = 1e-5
+    resolution: int = 1  # lattice steps P per vote
+    noise_failure: float = 1e-12
+    global_p_error: float = 1e-9
+    seed: int = 0  # splits, queries, and (unless production-noise) the holders' noise streams
+    production_noise: bool = False  # True: holders draw noise from the OS CSPRNG
+    pad_mode: str = "seeded"  # "seeded": holders add Δ·v to seeded pads; "encode": holders run `encode`
+    job_id: str = ""  # ledger run id; "" = derived from the settings (a rerun resumes the same job)
+    min_holders: int = 0  # continue a batch with at least this many answering holders (0 = all N)
+    max_epsilon: float = 0.0  # owner's budget on the data-independent ε (0 = none)
+    node_wait: float = 120.0  # seconds the ServerApp waits for N + 1 SuperNodes
+    setup_timeout: float = 600.0  # seconds for setup replies (owner compiles / keygen, holders train)
+    vote_timeout: float = 120.0  # seconds a holder has to answer one batch
+    owner_timeout: float = 300.0  # seconds the owner has for pads / fillers / labels
+    poll_interval: float = 0.5  # ServerApp polling of the SuperLink
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.pad_mode not in ("seeded", "encode"):
+            raise InputError(f"pad-mode must be 'seeded' or 'encode', got {self.pad_mode!r}")
+        if self.holders < 2:
+            raise InputError(f"need at least 2 holders, got {self.holders}")
+        if self.queries < 1 or self.batch_size < 1:
+            raise InputError("queries and batch-size must be ≥ 1")
+        if self.gamma <= 0 or not 0 < self.tau <= 1 or not 0 < self.delta < 1:
+            raise InputError("need γ > 0, τ in (0, 1], δ in (0, 1)")
+        if not 0 <= self.min_holders <= self.holders:
+            raise InputError(f"min-holders must be in [0, {self.holders}], got {self.min_holders}")
+        if self.task == "table" and self.classes < 2:
+            raise InputError("task 'table' needs classes ≥ 2 in the run config")
+        for name in ("node_wait", "setup_timeout", "vote_timeout", "owner_timeout", "poll_interval"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name.replace('_', '-')} must be > 0")
+
+    # -- run config <-> dataclass
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "DeployConfig":
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            value = run_config[key]
+            default = f.default
+            if isinstance(default, bool):
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            else:
+                value = str(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def run_config_args(self) -> list[str]:
+        """``flwr run --run-config`` arguments setting every field (TOML values)."""
+        out = []
+        for key, value in self.to_run_config().items():
+            out += ["--run-config", f"{key}={json.dumps(value)}"]
+        return out
+
+    # -- derived values
+    @property
+    def noise_scale(self) -> float:
+        return 1.0 / self.gamma
+
+    @property
+    def required_holders(self) -> int:
+        return self.min_holders or self.holders
+
+    @property
+    def effective_job_id(self) -> str:
+        """Ledger run id.  The default depends on everything that defines the queries and noise."""
+        if self.job_id:
+            return self.job_id
+        key = {k: v for k, v in asdict(self).items() if k in (
+            "task", "holders", "classes", "queries", "batch_size", "gamma", "tau", "resolution", "seed",
+            "production_noise")}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.task}-N{self.holders}-Q{self.queries}-s{self.seed}-{digest}"
+
+    def circuit_spec(self, num_classes: int) -> CircuitSpec:
+        """The circuit the owner compiles (same rule as :mod:`speed.pipeline`)."""
+        bound = choose_noise_bound(self.holders, num_classes, self.noise_scale, self.resolution, self.noise_failure)
+        return CircuitSpec(
+            num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=self.resolution,
+            batch_size=self.batch_size, global_p_error=self.global_p_error,
+        )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What one organisation's SuperNode is: ``--node-config "role='holder' partition-id=3 ..."``.
+
+    Keys: ``role`` (``owner`` or ``holder``), ``partition-id`` (holders: 0..N−1),
+    ``state-dir`` (durable state: the owner's secret key, ledger and labels; the holder's
+    copy of the program and evaluation keys), ``cache-dir`` (compiled circuits, teacher
+    checkpoints; default ``.speed-cache``), ``teacher-table`` (task "table": a ``.npy``
+    array whose column ``partition-id`` is this holder's teacher's predictions),
+    ``holder-keys`` (owner: directory of pinned holder pad keys, see :mod:`speed.deploy.sealing`).
+    """
+
+    role: str
+    partition_id: int = -1
+    state_dir: Path = Path()
+    cache_dir: Path = Path(".speed-cache")
+    teacher_table: str = ""
+    holder_keys: str = ""  # owner: directory of pinned holder pad keys (holder-<i>.pub)
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any], node_id: int = 0) -> "NodeConfig":
+        role = str(node_config.get("role", "")).strip().lower()
+        if role not in ("owner", "holder"):
+            raise InputError(f"node-config role must be 'owner' or 'holder', got {role!r}")
+        pid = int(node_config.get("partition-id", -1))
+        if role == "holder" and pid < 0:
+            raise InputError("a holder SuperNode needs partition-id=<0..N-1> in its node-config")
+        default_state = Path(tempfile.gettempdir()) / f"speed-node-{role}-{pid if role == 'holder' else node_id}"
+        state = Path(str(node_config.get("state-dir", "")) or default_state).expanduser()
+        cache = Path(str(node_config.get("cache-dir", "")) or os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
+        return cls(role=role, partition_id=pid, state_dir=state, cache_dir=cache.expanduser(),
+                   teacher_table=str(node_config.get("teacher-table", "")),
+                   holder_keys=str(node_config.get("holder-keys", "")))
+
+
+def app_pyproject(config: DeployConfig | None = None) -> str:
+    """``pyproject.toml`` of the Flower App (the FAB holds only this file: the code is ``speed``)."""
+    config = config or DeployConfig()
+    lines = [
+        "# Flower App for SPEED (generated by `speed deploy app`). The ServerApp and ClientApp live in",
+        "# the installed `speed` package: every machine of the federation needs `pip install speed`.",
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        f'name = "{APP_NAME}"',
+        'version = "0.1.0"',
+        'description = "SPEED: encrypted noisy-argmax labelling (holders, aggregation server, model owner)"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        f'publisher = "{APP_PUBLISHER}"',
+        "",
+        "[tool.flwr.app.components]",
+        f'serverapp = "{SERVER_APP}"',
+        f'clientapp = "{CLIENT_APP}"',
+        "",
+        "[tool.flwr.app.config]",
+    ]
+    for key, value in config.to_run_config().items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_app_dir(directory: str | os.PathLike, config: DeployConfig | None = None) -> Path:
+    """Write the Flower App project (``flwr run DIRECTORY <connection>`` submits it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(app_pyproject(config))
+    return directory
