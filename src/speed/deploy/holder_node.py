@@ -1,0 +1,157 @@
+"""A data holder's SuperNode: the :class:`speed.holder.DataHolder` protocol code, with its
+state kept where Flower's one-process-per-message ClientApps can find it again.
+
+Durable, under the node's ``state-dir``:
+
+* ``keysets/<keyset id>/``: the circuit bundle and evaluation keys received at setup
+  (checked against their ids by ``DataHolder.connect``), so a rerun with the same owner
+  keys does not move them again;
+* ``jobs/<job id>/predictions.json``: this holder's teacher's answers to the job's
+  public queries, computed once at setup (:mod:`speed.deploy.task`).
+
+Per Flower run (a JSON dict the ClientApp keeps in ``context.state``): the seeded noise
+stream's position (experiments only; ``production-noise`` draws from the OS CSPRNG and
+keeps nothing) and the ids of the pads already used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speed import messages
+from speed.deploy.config import DeployConfig, NodeConfig
+from speed.deploy.sealing import HolderPadKey, open_pad
+from speed.deploy.task import teacher_predictions
+from speed.errors import InputError
+from speed.holder import DataHolder
+from speed.privacy.noise import holder_generators
+
+__all__ = ["HolderNode"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class HolderNode:
+    def __init__(self, config: DeployConfig, node: NodeConfig):
+        if node.role != "holder":
+            raise InputError(f"this SuperNode is the {node.role}, not a holder")
+        if not 0 <= node.partition_id < config.holders:
+            raise InputError(f"partition-id {node.partition_id} is outside 0..{config.holders - 1} for this job")
+        self.config, self.node = config, node
+        self.holder_id = node.partition_id
+        self.job_dir = node.state_dir / "jobs" / config.effective_job_id
+        self.pad_key = HolderPadKey(node.state_dir)
+
+    # -- keysets -------------------------------------------------------------------
+    def cached_keysets(self) -> list[str]:
+        root = self.node.state_dir / "keysets"
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "evaluation.keys").is_file())
+
+    def _store(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys) -> None:
+        directory = self.node.state_dir / "keysets" / keys.keyset_id
+        meta = bundle.to_dict()
+        program = meta.pop("program")
+        _atomic_write(directory / "program.bin", program)
+        _atomic_write(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())
+        _atomic_write(directory / "evaluation.keys", keys.data)
+
+    def _load(self, keyset_id: str) -> tuple[messages.CircuitBundle, messages.EvaluationKeys]:
+        directory = self.node.state_dir / "keysets" / keyset_id
+        if not (directory / "evaluation.keys").is_file():
+            raise InputError(f"holder {self.holder_id} has no evaluation keys for keyset {keyset_id}: resend them")
+        meta = json.loads((directory / "bundle.json").read_text())
+        meta["program"] = (directory / "program.bin").read_bytes()
+        bundle = messages.CircuitBundle.from_dict(meta)
+        return bundle, messages.EvaluationKeys(keyset_id=keyset_id, data=(directory / "evaluation.keys").read_bytes())
+
+    # -- protocol ------------------------------------------------------------------
+    def _holder(self, state: dict[str, Any], keyset_id: str) -> DataHolder:
+        rng = None
+        if not self.config.production_noise:
+            rng = holder_generators(self.config.seed, self.config.holders)[self.holder_id]
+            if state.get("rng") is not None:
+                rng.bit_generator.state = state["rng"]
+        predictions = self._predictions()
+
+        def predict(query_ids: np.ndarray) -> np.ndarray:
+            try:
+                return np.asarray([predictions[int(q)] for q in np.asarray(query_ids).reshape(-1)], dtype=np.int64)
+            except KeyError as exc:
+                raise InputError(f"query {exc.args[0]} is not one of this job's queries (setup)") from None
+
+        holder = DataHolder(self.holder_id, predict, self.config.noise_scale, rng)
+        holder.connect(*self._load(keyset_id))
+        holder.used_pad_ids = set(state.get("used_pads", []))
+        return holder
+
+    def _predictions(self) -> dict[int, int]:
+        path = self.job_dir / "predictions.json"
+        if not path.is_file():
+            raise InputError(f"holder {self.holder_id} was not set up for job {self.config.effective_job_id}")
+        return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
+
+    def setup(self, state: dict[str, Any], keyset_id: str, query_ids: list[int],
+              bundle: messages.CircuitBundle | None = None,
+              keys: messages.EvaluationKeys | None = None) -> dict[str, Any]:
+        """Receive (or reuse) program + evaluation keys, answer the job's queries with the teacher."""
+        if keys is not None:
+            if bundle is None or keys.keyset_id != keyset_id:
+                raise InputError("setup carries evaluation keys without their circuit bundle or keyset id")
+            probe = DataHolder(self.holder_id, lambda x: x, self.config.noise_scale)
+            probe.connect(bundle, keys)  # checks both against their ids before anything is stored
+            self._store(bundle, keys)
+        bundle, keys = self._load(keyset_id)
+        spec = bundle.spec
+        if spec["num_holders"] != self.config.holders:
+            raise InputError(f"circuit is for {spec['num_holders']} holders, job says {self.config.holders}")
+        ids = sorted({int(q) for q in query_ids})
+        existing = {}
+        path = self.job_dir / "predictions.json"
+        if path.is_file():
+            existing = {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        missing = [q for q in ids if q not in existing]
+        if missing:
+            labels = teacher_predictions(self.config, self.node, np.asarray(missing, dtype=np.int64))
+            existing.update({q: int(v) for q, v in zip(missing, labels)})
+            _atomic_write(path, json.dumps({str(k): v for k, v in sorted(existing.items())}).encode())
+        state.clear()
+        state.update({"keyset_id": keyset_id, "rng": None, "used_pads": []})
+        return {"holder_id": self.holder_id, "keyset_id": keyset_id, "queries": len(ids),
+                "pad_mode": bundle.pad_mode, "production_noise": self.config.production_noise}
+
+    def vote(self, state: dict[str, Any], batch: messages.QueryBatch, pad: messages.Pad,
+             burn_rows: list[int]) -> messages.EncryptedVote:
+        """One batch (``pad`` sealed to this holder, :mod:`speed.deploy.sealing`): teacher vote + noise share, encrypted on the owner's pad (``DataHolder.answer``).
+
+        ``burn_rows``: sizes of the batches of this job answered in an earlier run (resume);
+        in seeded-noise mode their noise is drawn and discarded first so that every batch
+        gets the noise it would have had in one uninterrupted run.
+        """
+        if "keyset_id" not in state:
+            raise InputError(f"holder {self.holder_id} was not set up in this run")
+        holder = self._holder(state, state["keyset_id"])
+        if holder.rng is not None:
+            k = holder.spec.num_classes
+            for rows in burn_rows:
+                holder.noisy_votes(np.eye(k, dtype=np.int64)[np.zeros(int(rows), dtype=np.int64)])
+        holder.receive_pad(open_pad(pad, self.pad_key.private_key()))  # sealed by the owner to this holder
+        vote, _ = holder.answer(batch, np.asarray(batch.query_ids, dtype=np.int64))
+        if holder.rng is not None:
+            state["rng"] = holder.rng.bit_generator.state
+        state["used_pads"] = sorted(holder.used_pad_ids)
+        return vote

@@ -1,0 +1,295 @@
+"""The model owner's SuperNode: :class:`speed.owner.owner.ModelOwner` and the privacy
+ledger, with durable state so that a crash, a killed holder or a restarted server never
+loses a label or a ledger record, and a rerun resumes.
+
+Durable state under the node's ``state-dir`` (never leaves this machine):
+
+* ``keys/<circuit key>.keys`` — the secret key (mode 0600) and evaluation keys, reused
+  by later jobs with the same circuit;
+* ``jobs/<job id>/ledger.jsonl`` — :class:`speed.privacy.ledger.PrivacyLedger` (run id =
+  job id): one fsync-ed record per query, written BEFORE its label is decrypted;
+* ``jobs/<job id>/pending/*.json`` — each batch's encrypted labels as received, saved
+  (fsync) before anything is recorded, deleted once its labels are stored;
+* ``jobs/<job id>/labels.jsonl`` — the decrypted labels (fsync-ed), the job's output;
+* ``jobs/<job id>/fillers.jsonl`` — every stand-in vote issued for a missing holder;
+* ``holder-keys.json`` — holders' pad keys first seen (unless pinned, :mod:`speed.deploy.sealing`).
+
+Pads leave this node only sealed to their holder (:mod:`speed.deploy.sealing`): they
+travel through the SuperLink and the ServerApp, which also sees the votes, and a pad
+plus the vote made from it would give the vote away.
+
+Order on receiving a batch's encrypted labels: save the ciphertext → record the queries
+in the ledger (budget-checked, with the number of holders that really answered) →
+decrypt → append the labels.  A crash between two steps is repaired at the next setup
+(:meth:`OwnerNode.recover`): recorded-but-undecrypted batches are decrypted, unrecorded
+ones are recorded first.  Nothing is released without a ledger record.
+
+Missing holders.  The compiled circuit takes exactly N votes.  For a holder that did not
+answer, the owner issues a *stand-in*: a fresh pad for that holder's slot turned into a
+vote of all zeros by the holder code itself (``DataHolder.encrypt`` of a zero array), so
+it adds neither a vote nor noise.  The noisy sum then holds only the n answering
+holders' noise shares: the total noise is NB(n/N, p) − NB(n/N, p), the lattice
+mechanism at τ_eff = τ − (N − n)/N (worst case: every missing holder was an honest one).
+The owner counts n from the stand-ins *it* issued for that batch, not from the server's
+word, and records ``num_holders=n, expected_holders=N`` so the ledger uses τ_eff.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speed import messages
+from speed.deploy.config import DeployConfig, NodeConfig
+from speed.deploy.sealing import PinnedHolderKeys, seal_pad
+from speed.deploy.task import num_classes, owner_query_ids
+from speed.errors import CiphertextError, InputError
+from speed.holder import DataHolder
+from speed.protocol import make_batches
+
+__all__ = ["OwnerNode", "read_labels"]
+
+
+def _fsync_append(path: Path, lines: list[dict[str, Any]]) -> None:
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete lines of a JSON-lines file (a torn last line, never acknowledged, is ignored)."""
+    if not path.is_file():
+        return []
+    out = []
+    for raw in path.read_bytes().split(b"\n"):
+        if raw.strip():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+    return out
+
+
+def read_labels(path: str | os.PathLike) -> dict[int, int]:
+    """``labels.jsonl`` of a job → {query id: label}."""
+    return {int(r["query_id"]): int(r["label"]) for r in _read_jsonl(Path(path))}
+
+
+class OwnerNode:
+    def __init__(self, config: DeployConfig, node: NodeConfig, session: str = "", expected_keyset: str = ""):
+        if node.role != "owner":
+            raise InputError(f"this SuperNode is a {node.role}, not the model owner")
+        self.config, self.node, self.session = config, node, str(session)
+        self.job_id = config.effective_job_id
+        self.job_dir = node.state_dir / "jobs" / self.job_id
+        self.spec = config.circuit_spec(num_classes(config))
+        scale = config.noise_scale
+        self.failure_per_query = (self.spec.histogram_failure_probability(scale)
+                                  + self.spec.clip_failure_probability(scale))
+        self._owner = None
+        self.expected_keyset = expected_keyset  # set at this run's setup: later messages must use the same keys
+
+    # -- paths
+    @property
+    def ledger_path(self) -> Path:
+        return self.job_dir / "ledger.jsonl"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.job_dir / "labels.jsonl"
+
+    @property
+    def key_path(self) -> Path:
+        return self.node.state_dir / "keys" / f"{self.spec.cache_key}.keys"
+
+    @property
+    def owner(self):
+        """The :class:`ModelOwner` (compiled program from the cache, secret key from ``state-dir``)."""
+        if self._owner is None:
+            from speed.owner.owner import ModelOwner
+
+            self.node.state_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.node.state_dir, 0o700)
+            owner = ModelOwner(self.spec, cache_dir=self.node.cache_dir, key_path=self.key_path,
+                               pad_mode=self.config.pad_mode)
+            if self.expected_keyset and owner.keys.keyset_id != self.expected_keyset:
+                raise CiphertextError(
+                    f"the owner's keyset changed during this run ({self.expected_keyset} at setup, now "
+                    f"{owner.keys.keyset_id}): the circuit code, spec or key file changed; rerun the job"
+                )
+            self._owner = owner
+        return self._owner
+
+    def ledger(self):
+        from speed.privacy.ledger import PrivacyLedger
+
+        c = self.config
+        return PrivacyLedger(
+            self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None, gamma=c.gamma,
+            tau=c.tau, mechanism="lattice", resolution=c.resolution, num_holders=c.holders,
+            expected_holders=c.holders,
+        )
+
+    # -- setup / resume --------------------------------------------------------------
+    def setup(self, holder_keys: dict[int, str]) -> dict[str, Any]:
+        """Program, evaluation keys, the batches still to label, and sealed pads for the first of them."""
+        start = time.perf_counter()
+        owner = self.owner
+        prepared = time.perf_counter() - start
+        recovered = self.recover()
+        query_ids = owner_query_ids(self.config)
+        with self.ledger() as ledger:
+            answered = {int(q) for q in ledger.answered_query_ids()}
+            status = self._status(ledger)
+        plan = []
+        for batch in make_batches(query_ids, self.spec.batch_size):
+            remaining = [int(q) for q in batch.query_ids if int(q) not in answered]
+            plan.append({"batch_id": batch.batch_id, "query_ids": [int(q) for q in batch.query_ids],
+                         "remaining": remaining})
+        first = next((b for b in plan if b["remaining"]), None)
+        pads = self.pads(first["batch_id"], sorted(holder_keys), holder_keys) if first else []
+        return {
+            "bundle": owner.circuit_bundle(), "keys": owner.evaluation_keys(), "pads": pads,
+            "info": {"job_id": self.job_id, "plan": plan, "recovered": recovered, "status": status,
+                     "prepare_s": prepared, "spec": self.spec.to_dict(), "pad_mode": owner.keys.pad_mode,
+                     "failure_probability_per_query": self.failure_per_query},
+        }
+
+    def recover(self) -> dict[str, Any]:
+        """Finish batches whose encrypted labels arrived but whose labels were not stored."""
+        done, refused = 0, []
+        pending = sorted((self.job_dir / "pending").glob("*.json")) if (self.job_dir / "pending").is_dir() else []
+        for path in pending:
+            record = json.loads(path.read_text())
+            data = dict(record["labels"])
+            data["data"] = base64.b64decode(data["data"])
+            labels = messages.EncryptedLabels.from_dict(data)
+            try:
+                self._release(labels, int(record["num_holders"]), record.get("session", ""))
+                path.unlink()
+                done += 1
+            except Exception as exc:  # budget exhausted, foreign keyset...: keep the file, report
+                refused.append(f"{path.name}: {exc}")
+        return {"batches_recovered": done, "refused": refused}
+
+    # -- per batch -------------------------------------------------------------------
+    def pads(self, batch_id: int, holder_ids: list[int], holder_keys: dict[int, str]) -> list[messages.Pad]:
+        """Fresh pads for ``batch_id``, each sealed to its holder's pad key (the router cannot read them)."""
+        self._check_holders(holder_ids)
+        offered = {int(h): str(k) for h, k in holder_keys.items()}
+        keys = PinnedHolderKeys(self.node.state_dir, self.node.holder_keys or None).check(
+            {int(h): offered[int(h)] for h in holder_ids if int(h) in offered})
+        lacking = [h for h in holder_ids if int(h) not in keys]
+        if lacking:
+            raise InputError(f"no pad key for holders {lacking}: pads are only sent sealed")
+        pads = self.owner.issue_pads(int(batch_id), [int(h) for h in holder_ids])
+        return [seal_pad(p, keys[p.holder_id]) for p in pads]
+
+    def fill(self, batch: messages.QueryBatch, holder_ids: list[int]) -> list[messages.EncryptedVote]:
+        """Stand-in votes (encryptions of zero) for holders that did not answer ``batch``."""
+        self._check_holders(holder_ids)
+        owner = self.owner
+        bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
+        zeros = np.zeros((self.spec.batch_size, self.spec.num_classes), dtype=np.int64)
+        votes = []
+        for h in holder_ids:
+            stand_in = DataHolder(int(h), lambda x: x, self.config.noise_scale)
+            stand_in.connect(bundle, keys)
+            stand_in.receive_pad(owner.issue_pads(batch.batch_id, [int(h)])[0])
+            votes.append(stand_in.encrypt(batch.batch_id, zeros))
+        _fsync_append(self.job_dir / "fillers.jsonl", [
+            {"session": self.session, "batch_id": batch.batch_id, "holder_id": v.holder_id, "pad_id": v.pad_id,
+             "query_ids": list(batch.query_ids), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            for v in votes
+        ])
+        return votes
+
+    def labels(self, encrypted: messages.EncryptedLabels) -> dict[str, Any]:
+        """Save → record (ledger, reduced τ if stand-ins were used) → decrypt → store labels."""
+        if encrypted.keyset_id != self.owner.keys.keyset_id:  # refuse before anything is recorded
+            raise CiphertextError(f"labels of batch {encrypted.batch_id} were computed under keyset "
+                                  f"{encrypted.keyset_id}, not this owner's {self.owner.keys.keyset_id}")
+        if sorted(encrypted.holder_ids) != list(range(self.spec.num_holders)):
+            raise InputError(f"batch {encrypted.batch_id}: labels were not computed from all {self.spec.num_holders} slots")
+        stand_ins = {int(r["holder_id"]) for r in _read_jsonl(self.job_dir / "fillers.jsonl")
+                     if r["session"] == self.session and int(r["batch_id"]) == encrypted.batch_id}
+        answered = self.spec.num_holders - len(stand_ins)
+        data = encrypted.to_dict()
+        data["data"] = base64.b64encode(encrypted.data).decode()
+        pending = self.job_dir / "pending" / f"{self.session or 'local'}-batch-{encrypted.batch_id:06d}.json"
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pending.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"labels": data, "num_holders": answered, "missing": sorted(stand_ins),
+                       "session": self.session}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, pending)
+        result = self._release(encrypted, answered, self.session)
+        pending.unlink()
+        return result
+
+    def _release(self, encrypted: messages.EncryptedLabels, answered: int, session: str) -> dict[str, Any]:
+        n_expected = self.spec.num_holders
+        if encrypted.keyset_id != self.owner.keys.keyset_id:  # would not decrypt: record nothing
+            raise CiphertextError(f"labels of batch {encrypted.batch_id} were computed under keyset "
+                                  f"{encrypted.keyset_id}, not this owner's {self.owner.keys.keyset_id}")
+        with self.ledger() as ledger:
+            charged = {int(q) for q in ledger.answered_query_ids()}
+            todo = [int(q) for q in encrypted.query_ids if int(q) not in charged]
+            if todo:
+                ledger.check_budget(num_queries=len(todo), num_holders=answered, expected_holders=n_expected)
+            records = [ledger.record(q, num_holders=answered, expected_holders=n_expected,
+                                     failure_probability=self.failure_per_query) for q in todo]
+            status = self._status(ledger)
+        values = self.owner.decrypt(encrypted)  # only now: every query of the batch is charged
+        if len(values) != len(encrypted.query_ids):
+            raise CiphertextError(f"batch {encrypted.batch_id}: {len(values)} labels for {len(encrypted.query_ids)} queries")
+        have = read_labels(self.labels_path)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _fsync_append(self.labels_path, [
+            {"query_id": int(q), "label": int(v), "batch_id": encrypted.batch_id, "num_holders": answered,
+             "expected_holders": n_expected, "session": session, "utc": stamp}
+            for q, v in zip(encrypted.query_ids, values) if int(q) not in have
+        ])
+        status["labels_stored"] = len(read_labels(self.labels_path))
+        tau_eff = records[0]["tau_effective"] if records else None
+        return {"batch_id": encrypted.batch_id, "recorded": len(todo), "labelled": len(values),
+                "num_holders": answered, "tau_effective": tau_eff, "status": status}
+
+    def finish(self) -> dict[str, Any]:
+        with self.ledger() as ledger:
+            status = self._status(ledger)
+        summary = {"job_id": self.job_id, **status, "ledger": str(self.ledger_path), "labels": str(self.labels_path)}
+        tmp = self.job_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        os.replace(tmp, self.job_dir / "summary.json")
+        return summary
+
+    # -- helpers
+    def _status(self, ledger) -> dict[str, Any]:
+        spent = ledger.epsilon()
+        taus = sorted({float(r["tau_effective"]) for r in ledger.records if str(r["run_id"]) == self.job_id})
+        return {"queries_charged": ledger.num_queries, "labels_stored": len(read_labels(self.labels_path)),
+                "epsilon": spent["epsilon"], "delta": spent["delta"], "delta_total": spent["delta_total"],
+                "epsilon_publishable": bool(spent["publishable"]), "tau_effective_values": taus}
+
+    def _check_holders(self, holder_ids: list[int]) -> None:
+        bad = [h for h in holder_ids if not 0 <= int(h) < self.spec.num_holders]
+        if bad:
+            raise InputError(f"holder ids {bad} are outside 0..{self.spec.num_holders - 1}")
