@@ -1,0 +1,192 @@
+"""The Flower ClientApp run by every SuperNode: the model owner's or a data holder's side.
+
+``flower-supernode --node-config "role='holder' partition-id=3 state-dir='...'"`` makes a
+node holder 3; ``role='owner'`` makes it the model owner (see
+:class:`speed.deploy.config.NodeConfig`).  Message types (all in Flower's ``query``
+category; contents are ``speed.messages`` dataclasses, see :mod:`speed.deploy.records`):
+
+==================  =========  ============================================================
+``query.hello``     both       role, partition id, cached keysets, holder's pad key
+``query.setup``     owner      holders' pad keys → CircuitBundle, EvaluationKeys, plan, pads
+``query.setup``     holder     CircuitBundle + EvaluationKeys (unless cached), query ids
+``query.vote``      holder     QueryBatch + sealed Pad → EncryptedVote
+``query.pads``      owner      batch id, holder ids, pad keys → sealed Pads
+``query.fill``      owner      QueryBatch, missing holder ids → stand-in EncryptedVotes
+``query.labels``    owner      EncryptedLabels (+ next batch) → ack (counts, ε) + sealed Pads
+``query.finish``    owner      → job summary (counts, ε; never a label)
+==================  =========  ============================================================
+
+Flower starts a fresh process for every message, so everything a node must remember
+lives on its disk (``state-dir``) or, for one run, in ``context.state``.  Errors are
+returned as an ``error`` record (one line), which the ServerApp reports and acts on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from speed import messages
+from speed.deploy import records
+from speed.deploy.config import DeployConfig, NodeConfig
+
+app = ClientApp()
+
+STATE = "speed.state"
+
+
+def _state(context: Context) -> dict[str, Any]:
+    return dict(records.get_json(context.state, STATE, {}))
+
+
+def _save_state(context: Context, state: dict[str, Any]) -> None:
+    records.put_json(context.state, STATE, state)
+
+
+def _handle(message: Message, context: Context, fn: Callable[[RecordDict, Context, DeployConfig, NodeConfig], RecordDict]) -> Message:
+    start = time.perf_counter()
+    try:
+        config = DeployConfig.from_run_config(context.run_config)
+        node = NodeConfig.from_node_config(context.node_config, context.node_id)
+        content = fn(message.content, context, config, node)
+        records.put_json(content, "timing", {"handler_s": time.perf_counter() - start})
+    except Exception as exc:  # reported to the ServerApp as one line; the node log keeps the trace
+        traceback.print_exc(file=sys.stderr)
+        content = RecordDict()
+        records.put_json(content, "error", {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__,
+                                            "pid": os.getpid()})
+    return Message(content, reply_to=message)
+
+
+def _owner(config: DeployConfig, node: NodeConfig, context: Context, at_setup: bool = False):
+    from speed.deploy.owner_node import OwnerNode
+
+    keyset = "" if at_setup else _state(context).get("keyset_id", "")
+    return OwnerNode(config, node, session=str(context.run_id), expected_keyset=keyset)
+
+
+def _holder(config: DeployConfig, node: NodeConfig):
+    from speed.deploy.holder_node import HolderNode
+
+    return HolderNode(config, node)
+
+
+@app.query("hello")
+def hello(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        out = RecordDict()
+        info = {"role": node.role, "partition_id": node.partition_id, "pid": os.getpid(), "keysets": []}
+        if node.role == "holder" and 0 <= node.partition_id < config.holders:
+            holder = _holder(config, node)
+            info["keysets"] = holder.cached_keysets()
+            info["pad_key"] = holder.pad_key.public_hex()
+        records.put_json(out, "hello", info)
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("setup")
+def setup(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        out = RecordDict()
+        if node.role == "owner":
+            result = _owner(config, node, ctx, at_setup=True).setup(records.get_json(content, "pad_keys"))
+            _save_state(ctx, {"keyset_id": result["keys"].keyset_id})  # later messages must use these keys
+            records.put(out, "bundle", result["bundle"])
+            records.put(out, "keys", result["keys"])
+            records.put_many(out, "pads", result["pads"])
+            records.put_json(out, "info", result["info"])
+            return out
+        args = records.get_json(content, "setup")
+        bundle = keys = None
+        if "keys" in content.config_records:
+            bundle = records.get(content, "bundle", messages.CircuitBundle)
+            keys = records.get(content, "keys", messages.EvaluationKeys)
+        state = _state(ctx)
+        ack = _holder(config, node).setup(state, args["keyset_id"], args["query_ids"], bundle, keys)
+        _save_state(ctx, state)
+        records.put_json(out, "ack", ack)
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("vote")
+def vote(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        batch = records.get(content, "batch", messages.QueryBatch)
+        pad = records.get(content, "pad", messages.Pad)
+        burn = records.get_json(content, "burn", [])
+        state = _state(ctx)
+        result = _holder(config, node).vote(state, batch, pad, burn)
+        _save_state(ctx, state)
+        out = RecordDict()
+        records.put(out, "vote", result)
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("pads")
+def pads(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        args = records.get_json(content, "pads")
+        out = RecordDict()
+        records.put_many(out, "pads", _owner(config, node, ctx).pads(args["batch_id"], args["holder_ids"],
+                                                                     args["pad_keys"]))
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("fill")
+def fill(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        batch = records.get(content, "batch", messages.QueryBatch)
+        holder_ids = records.get_json(content, "missing")
+        out = RecordDict()
+        records.put_many(out, "votes", _owner(config, node, ctx).fill(batch, holder_ids))
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("labels")
+def labels(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        owner = _owner(config, node, ctx)
+        encrypted = records.get(content, "labels", messages.EncryptedLabels)
+        out = RecordDict()
+        try:
+            ack = owner.labels(encrypted)
+        except Exception as exc:
+            from speed.errors import BudgetExhaustedError
+
+            if not isinstance(exc, BudgetExhaustedError):
+                raise
+            ack = {"batch_id": encrypted.batch_id, "stopped": str(exc)}
+        following = records.get_json(content, "next", None)
+        if following and "stopped" not in ack:
+            records.put_many(out, "pads", owner.pads(following["batch_id"], following["holder_ids"],
+                                                     following["pad_keys"]))
+        records.put_json(out, "ack", ack)
+        return out
+
+    return _handle(message, context, run)
+
+
+@app.query("finish")
+def finish(message: Message, context: Context) -> Message:
+    def run(content, ctx, config, node):
+        out = RecordDict()
+        records.put_json(out, "summary", _owner(config, node, ctx).finish())
+        return out
+
+    return _handle(message, context, run)
