@@ -1,0 +1,437 @@
+"""SPEED on Flower (speed.deploy).
+
+* Fast unit tests: records, run config, sealed pads, certificates and keys, process
+  supervision, the CLI.
+* In-process federation (``FakeGrid``: the real ServerApp logic and the real ClientApp,
+  messages passed by function call, real TFHE on a small circuit): labels equal
+  :func:`speed.protocol.label_queries`; the server never sees a pad; a silent holder is
+  replaced by a stand-in and the ledger records the reduced τ; a strict job stops and a
+  rerun resumes with the same labels as one uninterrupted run.
+* ``slow``: a real ``flower-superlink`` and ``flower-supernode`` processes on loopback with
+  TLS and SuperNode authentication (``speed deploy local``); labels equal the in-process
+  run, one variant SIGKILLs a holder mid-run; no process survives either.
+
+Flower's simulation engine needs ray, which is not installed with speed: not tested.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speed import messages
+from speed.crypto.spec import reference_argmax
+from speed.deploy import records
+from speed.deploy.config import DeployConfig, NodeConfig, app_pyproject
+from speed.deploy.owner_node import read_labels
+from speed.deploy.processes import ProcessSet, processes_with_token
+from speed.deploy.sealing import HolderPadKey, PinnedHolderKeys, open_pad, seal_pad
+from speed.errors import CiphertextError, InputError
+
+from conftest import make_holders
+
+N, K, B, Q = 3, 3, 2, 4
+ROWS = 32
+
+
+def job_config(job_id: str, **kw) -> DeployConfig:
+    base = dict(task="table", holders=N, classes=K, queries=Q, batch_size=B, gamma=2.0, seed=0, job_id=job_id,
+                vote_timeout=3.0, owner_timeout=120.0, setup_timeout=300.0, node_wait=1.0, poll_interval=0.02)
+    base.update(kw)
+    return DeployConfig(**base)
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def fed_home(tmp_path_factory):
+    """Parties' state shared by every federation test (keys, keysets, pad keys); one job id per test."""
+    home = tmp_path_factory.mktemp("federation")
+    table = np.random.default_rng(7).integers(0, K, size=(ROWS, N))
+    np.save(home / "table.npy", table)
+    return home
+
+
+@pytest.fixture(scope="session")
+def table(fed_home):
+    return np.load(fed_home / "table.npy")
+
+
+@pytest.fixture(scope="session")
+def reference(table, cache_dir):
+    """Labels of the in-process protocol (speed.protocol.label_queries) with the same seeds."""
+    from speed.owner.owner import ModelOwner
+    from speed.protocol import label_queries, setup_parties
+
+    config = job_config("reference")
+    spec = config.circuit_spec(K)
+    owner = ModelOwner(spec, cache_dir=cache_dir)
+    holders = make_holders(spec, table, scale=config.noise_scale, seed=config.seed)
+    server = setup_parties(owner, holders)
+    result = label_queries(owner, server, holders, np.arange(ROWS), np.arange(Q), progress=False)
+    assert (result.labels == result.clear_noisy_argmax).all()
+    return {int(q): int(v) for q, v in zip(result.query_ids, result.labels)}
+
+
+def node_configs(home: Path, cache_dir: Path, holders=range(N)) -> list[dict]:
+    nodes = [{"role": "owner", "state-dir": str(home / "owner"), "cache-dir": str(cache_dir)}]
+    for i in holders:
+        nodes.append({"role": "holder", "partition-id": i, "state-dir": str(home / f"holder-{i}"),
+                      "teacher-table": str(home / "table.npy")})
+    return nodes
+
+
+class FakeGrid:
+    """A Flower Grid whose SuperNodes are ClientApp calls in this process.
+
+    ``silent_from[node index] = k``: that node answers its first k messages, then never again
+    (a crashed SuperNode that the SuperLink still lists).
+    """
+
+    def __init__(self, nodes: list[dict], config: DeployConfig, run_id: int, silent_from: dict[int, int] | None = None):
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        from speed.deploy.client_app import app
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
+        self.app = app
+        self.contexts = {
+            100 + i: Context(run_id=run_id, node_id=100 + i, node_config=dict(nc), state=RecordDict(),
+                             run_config=config.to_run_config())
+            for i, nc in enumerate(nodes)
+        }
+        self.silent_from = {100 + i: k for i, k in (silent_from or {}).items()}
+        self.answered: dict[int, int] = {n: 0 for n in self.contexts}
+        self.inbox: dict[str, object] = {}
+        self.seen: list[tuple[str, int, str, object]] = []  # everything the server sent or received
+        self._ids = itertools.count()
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, msgs):
+        ids = []
+        for m in msgs:
+            mid = f"m{next(self._ids)}"
+            m.metadata.__dict__["_message_id"] = mid
+            self.inbox[mid] = m
+            self.seen.append(("to", m.metadata.dst_node_id, m.metadata.message_type, m.content))
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            m = self.inbox.get(mid)
+            node = m.metadata.dst_node_id
+            if node in self.silent_from and self.answered[node] >= self.silent_from[node]:
+                continue
+            del self.inbox[mid]
+            self.answered[node] += 1
+            reply = self.app(m, self.contexts[node])
+            self.seen.append(("from", node, m.metadata.message_type, reply.content))
+            out.append(reply)
+        return out
+
+
+def run_fake(home, cache_dir, config, run_id, **kw):
+    from speed.deploy.server_app import run_job
+
+    grid = FakeGrid(node_configs(home, cache_dir), config, run_id, **kw)
+    lines: list[str] = []
+    summary = run_job(grid, config, session=str(run_id), log=lines.append)
+    labels = read_labels(home / "owner" / "jobs" / config.effective_job_id / "labels.jsonl")
+    return summary, labels, grid, lines
+
+
+def ledger_records(home: Path, job_id: str) -> list[dict]:
+    path = home / "owner" / "jobs" / job_id / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- unit tests
+def test_records_roundtrip_every_message_type():
+    from flwr.app import RecordDict
+
+    samples = [
+        messages.CircuitBundle(spec={"num_holders": 3}, program=b"\x00prog" * 3, program_id="p1",
+                               pad_mode="seeded", pad_layout={"size": 10}),
+        messages.EvaluationKeys(keyset_id="k", data=os.urandom(7 * 2**20)),  # > one 5 MiB Flower chunk
+        messages.QueryBatch(batch_id=2, query_ids=(5, 9)),
+        messages.Pad(pad_id="x", keyset_id="k", holder_id=1, batch_id=2, data=b"pad"),
+        messages.EncryptedVote(batch_id=2, holder_id=1, pad_id="x", keyset_id="k", data=b"vote"),
+        messages.EncryptedLabels(batch_id=2, query_ids=(5, 9), holder_ids=(0, 1, 2), keyset_id="k", data=b"lab"),
+    ]
+    content = RecordDict()
+    for i, m in enumerate(samples):
+        records.put(content, f"m{i}", m)
+    for i, m in enumerate(samples):
+        assert records.get(content, f"m{i}", type(m)) == m
+    assert len(content.array_records["m1.bytes"]["data"].slice_array()) == 2  # Flower chunks it (5 MiB)
+    with pytest.raises(InputError, match="holds a QueryBatch"):
+        records.get(content, "m2", messages.Pad)
+    with pytest.raises(InputError, match="lacks"):
+        records.get(content, "nope", messages.Pad)
+    records.put_many(content, "pads", samples[3:4])
+    assert records.get_many(content, "pads", messages.Pad) == [samples[3]]
+    assert records.content_bytes(content) > 7 * 2**20
+
+
+def test_run_config_roundtrip_and_flower_parsing(tmp_path):
+    import tomli
+    from flwr.common.config import parse_config_args
+
+    config = DeployConfig(task="table", classes=4, holders=7, gamma=2.5, production_noise=True, min_holders=5,
+                          job_id="j")
+    parsed = parse_config_args([a for a in config.run_config_args() if a != "--run-config"])
+    assert DeployConfig.from_run_config(parsed) == config
+    app = tomli.loads(app_pyproject(config))
+    assert app["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "speed.deploy.server_app:app", "clientapp": "speed.deploy.client_app:app"}
+    assert DeployConfig.from_run_config(app["tool"]["flwr"]["app"]["config"]) == config
+    assert DeployConfig().effective_job_id != DeployConfig(seed=1).effective_job_id
+    assert DeployConfig(job_id="x").effective_job_id == "x"
+    with pytest.raises(InputError):
+        DeployConfig(min_holders=9, holders=5)
+    with pytest.raises(InputError):
+        NodeConfig.from_node_config({"role": "holder"})
+    node = NodeConfig.from_node_config({"role": "holder", "partition-id": 3, "state-dir": str(tmp_path)})
+    assert (node.partition_id, node.state_dir) == (3, tmp_path)
+
+
+def test_sealed_pads_open_only_for_their_holder_batch_and_keyset(tmp_path):
+    key_a, key_b = HolderPadKey(tmp_path / "a"), HolderPadKey(tmp_path / "b")
+    assert key_a.public_hex() == key_a.public_hex() and oct(key_a.path.stat().st_mode)[-3:] == "600"
+    pad = messages.Pad(pad_id="p", keyset_id="k", holder_id=1, batch_id=4, data=b"secret pad bytes" * 4)
+    sealed = seal_pad(pad, key_a.public_hex())
+    assert pad.data not in sealed.data and open_pad(sealed, key_a.private_key()) == pad
+    with pytest.raises(CiphertextError):
+        open_pad(sealed, key_b.private_key())  # another holder
+    for change in ({"batch_id": 5}, {"holder_id": 2}, {"keyset_id": "other"}, {"pad_id": "q"}):
+        from dataclasses import replace
+
+        with pytest.raises(CiphertextError):
+            open_pad(replace(sealed, **change), key_a.private_key())
+    # the owner: trust on first use, then refuse a changed key; pinned keys refuse anything else
+    tofu = PinnedHolderKeys(tmp_path / "owner")
+    assert tofu.check({1: key_a.public_hex()}) == {1: key_a.public_hex()}
+    with pytest.raises(InputError, match="changed"):
+        tofu.check({1: key_b.public_hex()})
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    (pins / "holder-1.pub").write_text(key_a.public_hex() + "\n")
+    pinned = PinnedHolderKeys(tmp_path / "owner2", pins)
+    pinned.check({1: key_a.public_hex()})
+    with pytest.raises(InputError, match="pinned"):
+        pinned.check({1: key_b.public_hex()})
+    with pytest.raises(InputError, match="no pinned"):
+        pinned.check({2: key_a.public_hex()})
+
+
+def test_certificates_and_node_keys_load(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from speed.deploy.tls import make_certificates, make_node_key
+
+    c = make_certificates(tmp_path, ["superlink.example.org", "10.0.0.5"])
+    cert = x509.load_pem_x509_certificate(c.server_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(c.ca_cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "superlink.example.org" in san.get_values_for_type(x509.DNSName)
+    assert oct(c.server_key.stat().st_mode)[-3:] == "600"
+    k = make_node_key(tmp_path, "hospital-3")
+    load_ssh_private_key(k.private_key.read_bytes(), password=None)
+    assert load_ssh_public_key(k.public_key.read_bytes()).curve.name == "secp384r1"
+
+
+def test_process_set_kills_trees_and_finds_leftovers(tmp_path):
+    procs = ProcessSet(tmp_path)
+    # a party whose child ignores SIGTERM and lives in its own session (like Flower's SuperExec)
+    script = "import subprocess, signal, time, sys\n" \
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
+             "subprocess.Popen([sys.executable, '-c', 'import signal,time; signal.signal(signal.SIGTERM, " \
+             "signal.SIG_IGN); time.sleep(300)'], start_new_session=True)\n" \
+             "time.sleep(300)\n"
+    procs.start("stubborn", [sys.executable, "-c", script])
+    procs.start("victim", ["sh", "-c", "sleep 300 & sleep 300"])
+    deadline = time.monotonic() + 20
+    while len(procs.leftovers()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(procs.leftovers()) >= 5  # sh + 2 sleeps + python + its child
+    procs.kill("victim")
+    assert procs.procs["victim"].poll() is not None
+    report = procs.stop_all(grace=1.0)
+    assert report["left_running"] == [] and processes_with_token(procs.token) == []
+
+
+def test_server_app_never_loads_owner_code():
+    code = ("import sys, speed.deploy.server_app as s; assert s.app is not None; "
+            "bad = [m for m in sys.modules if m.startswith(('speed.owner', 'speed.deploy.owner_node'))]; "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_cli_help_lists_deploy_commands():
+    out = subprocess.run([sys.executable, "-m", "speed.cli.main", "deploy", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0
+    for action in ("local", "app", "certs", "node-key", "pad-key"):
+        assert action in out.stdout
+
+
+def test_cli_local_refuses_bad_arguments_in_one_line(tmp_path):
+    from speed.cli.main import main
+
+    assert main(["deploy", "local", "--task", "table", "--classes", "3", "--holders", "3",
+                 "--workdir", str(tmp_path)]) == 2  # table task without --teacher-table
+
+
+# ------------------------------------------------------------------- in-process federation
+@pytest.mark.slow
+def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home, cache_dir, reference):
+    config = job_config("fake-full")
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=11)
+    assert summary["status"] == "completed", summary["reason"]
+    assert labels == reference
+    assert [b["holders_answered"] for b in summary["batches"]] == [N, N]
+    assert summary["owner"]["labels_stored"] == Q and summary["owner"]["tau_effective_values"] == [1.0]
+    # every byte the server handled: no pad in clear.  A seeded vote keeps its pad's 16-byte
+    # seeds, so a pad seen in clear by the server would share them with the vote.
+    blobs = [(kind, node, mtype, bytes(a.data)) for kind, node, mtype, content in grid.seen
+             for rec in content.array_records.values() for a in rec.values()]
+    bundle = next(records.get(c, "bundle", messages.CircuitBundle) for kind, n, t, c in grid.seen
+                  if kind == "from" and t == "query.setup" and "bundle" in c.config_records)
+    first_body = bundle.pad_layout["first_body"]
+    votes = [records.get(c, "vote", messages.EncryptedVote) for kind, n, t, c in grid.seen
+             if kind == "from" and t == "query.vote"]
+    assert len(votes) == N * (Q // B)
+    for vote in votes:
+        seed = vote.data[first_body - 16:first_body]
+        holders = [blob for kind, node, mtype, blob in blobs if seed in blob]
+        assert len(holders) == 1, "a pad's seed reached the server outside its vote"
+    # control: an opened pad does carry the seed (so the check above can fail)
+    sealed = next(records.get(c, "pad", messages.Pad) for kind, n, t, c in grid.seen
+                  if kind == "to" and t == "query.vote")
+    opened = open_pad(sealed, HolderPadKey(fed_home / f"holder-{sealed.holder_id}").private_key())
+    vote = next(v for v in votes if v.pad_id == sealed.pad_id)
+    assert opened.data[first_body - 16:first_body] == vote.data[first_body - 16:first_body]
+
+
+def _answering_reference(table, config, holders_answering, spec):
+    """Clear noisy argmax of the answering holders only (stand-ins add zero), batch by batch."""
+    from speed.holder.holder import DataHolder, one_hot_votes
+    from speed.privacy.noise import holder_generators
+
+    rngs = holder_generators(config.seed, N)
+    out = {}
+    holders = {i: DataHolder(i, lambda q: q, config.noise_scale, rngs[i]) for i in holders_answering}
+    for h in holders.values():
+        h.spec = spec
+    for start in range(0, Q, B):
+        ids = list(range(start, min(start + B, Q)))
+        total = sum(h.noisy_votes(one_hot_votes(table[ids, i], K))[: len(ids)] for i, h in holders.items())
+        out.update({q: int(v) for q, v in zip(ids, reference_argmax(total))})
+    return out
+
+
+@pytest.mark.slow
+def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_dir, table):
+    config = job_config("fake-fill", min_holders=2)
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=12, silent_from={3: 2})  # holder 2
+    assert summary["status"] == "completed", summary["reason"]
+    assert [b["missing"] for b in summary["batches"]] == [[2], [2]]  # dropped for the rest of the run
+    assert "2" in summary["holders_dropped"]
+    expected = _answering_reference(table, config, [0, 1], config.circuit_spec(K))
+    assert labels == expected
+    recs = ledger_records(fed_home, config.effective_job_id)
+    assert [r["num_holders"] for r in recs] == [2] * Q
+    assert all(abs(r["tau_effective"] - 2 / 3) < 1e-12 and r["expected_holders"] == N for r in recs)
+    fillers = (fed_home / "owner" / "jobs" / config.effective_job_id / "fillers.jsonl").read_text().splitlines()
+    assert len(fillers) == Q // B
+    assert any("stand-in" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_fake_grid_strict_job_stops_then_rerun_resumes_with_same_labels(fed_home, cache_dir, reference):
+    config = job_config("fake-resume")  # min-holders = N: any missing holder stops the job
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=13, silent_from={2: 3})  # holder 1
+    assert summary["status"] == "stopped"
+    assert "min-holders is 3" in summary["reason"] and "rerun the same job to resume" in summary["reason"]
+    assert labels == {q: reference[q] for q in range(B)}  # batch 0 kept
+    assert sorted(r["query_id"] for r in ledger_records(fed_home, config.effective_job_id)) == list(range(B))
+    summary2, labels2, grid2, lines2 = run_fake(fed_home, cache_dir, config, run_id=14)
+    assert summary2["status"] == "completed", summary2["reason"]
+    assert [b["batch_id"] for b in summary2["batches"]] == [1]  # only what was left
+    assert labels2 == reference  # seeded noise burnt for batch 0: same as one uninterrupted run
+    recs = ledger_records(fed_home, config.effective_job_id)
+    assert sorted(r["query_id"] for r in recs) == list(range(Q)) and all(r["num_holders"] == N for r in recs)
+    # a third run has nothing to do and changes nothing
+    summary3, labels3, _, lines3 = run_fake(fed_home, cache_dir, config, run_id=15)
+    assert summary3["status"] == "completed" and labels3 == reference and summary3["batches"] == []
+    assert len(ledger_records(fed_home, config.effective_job_id)) == Q
+
+
+# ----------------------------------------------------------- real processes on loopback
+def _local(fed_home, cache_dir, config, **kw):
+    from speed.deploy.local import LocalOptions, run_local
+
+    lines: list[str] = []
+    options = LocalOptions(config=config, workdir=fed_home, cache_dir=cache_dir,
+                           teacher_table=fed_home / "table.npy", timeout=900, on_line=lines.append, **kw)
+    result = run_local(options)
+    return result, lines
+
+
+def _no_process_left(result, fed_home):
+    assert result["processes"]["left_running"] == []
+    assert processes_with_token(result["processes"]["token"]) == []
+    mine = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if result["run_dir"].encode() in cmd:
+                mine.append(int(entry.name))
+    assert mine == []
+
+
+@pytest.mark.slow
+def test_local_federation_labels_equal_in_process_run(fed_home, cache_dir, reference):
+    config = job_config("local-full", vote_timeout=120.0, node_wait=120.0, poll_interval=0.5)
+    result, lines = _local(fed_home, cache_dir, config)
+    assert result["status"] == "completed", (result["reason"], lines)
+    assert {int(q): v for q, v in result["labels"].items()} == reference
+    assert result["labels_received"] == Q and result["tls"] and result["node_auth"]
+    assert result["epsilon"] > 0 and result["bytes"]["owner"]["bytes_received_from"] > 0
+    assert any("registered" in line for line in lines)
+    _no_process_left(result, fed_home)
+
+
+@pytest.mark.slow
+def test_local_federation_survives_a_killed_holder(fed_home, cache_dir, reference):
+    config = job_config("local-kill", min_holders=2, vote_timeout=25.0, node_wait=120.0, poll_interval=0.5)
+    result, lines = _local(fed_home, cache_dir, config, kill_holder=1, kill_after=1)
+    assert result["status"] == "completed", (result["reason"], lines)
+    assert any("fault injection" in line for line in lines)
+    assert result["batches"][0]["missing"] == [] and result["batches"][1]["missing"] == [1]
+    labels = {int(q): v for q, v in result["labels"].items()}
+    assert {q: labels[q] for q in range(B)} == {q: reference[q] for q in range(B)}  # before the crash
+    assert len(labels) == Q
+    recs = ledger_records(fed_home, config.effective_job_id)
+    assert [r["num_holders"] for r in recs] == [N, N, N - 1, N - 1]
+    assert abs(recs[-1]["tau_effective"] - 2 / 3) < 1e-12
+    _no_process_left(result, fed_home)
