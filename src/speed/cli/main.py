@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "speed.cli.demo_cmd",
     "speed.cli.privacy_cmd",
     "speed.cli.bench_cmd",
+    "speed.cli.reproduce_cmd",
     "speed.cli.deploy_cmd",
 )
 
