@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	@ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 && echo "installed Debian package dataset-fashion-mnist"; } || echo "note: Fashion-MNIST not installed (best effort; needs apt-get and root: apt-get update && apt-get install dataset-fashion-mnist); speed reproduce --dataset fashion-mnist --data-dir DIR also works"
 
 demo: $(STAMP)
 	$(BIN)/speed demo
