@@ -133,14 +133,18 @@ def run_local(options: LocalOptions) -> dict[str, Any]:
         stop_report.update(procs.stop_all(), token=procs.token)
 
     atexit.register(stop)
-    previous = signal.getsignal(signal.SIGTERM)
+    # Ctrl-C, SIGTERM and SIGHUP all end in the `finally` below (also when the shell started us
+    # with SIGINT ignored, as non-interactive shells do for background jobs).
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in caught}
 
-    def on_sigterm(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt("SIGTERM")
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGTERM, on_sigterm)
+        for sig in caught:
+            signal.signal(sig, on_signal)
     summary: dict[str, Any] | None = None
     status, reason = "failed", None
     try:
@@ -155,7 +159,8 @@ def run_local(options: LocalOptions) -> dict[str, Any]:
         stop()
         atexit.unregister(stop)
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     result = _report(options, config, workdir, run_dir, summary or {}, status, reason, stop_report,
                      time.perf_counter() - started_at)
     (run_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
