@@ -6,9 +6,10 @@
   same rule as ``speed demo``), and holder i trains a teacher on shard i only, on its
   own node, cached under its ``cache-dir``.  In a real federation shard i is
   organisation i's private data; nothing else changes.
-* ``table`` — a fixed teacher-prediction table (tests, benchmarks): holder i answers
-  query q with ``table[q, i]`` read from its node's ``teacher-table`` file; queries are
-  ``0..Q-1``.
+* ``table`` — fixed teacher predictions (tests, benchmarks, or an organisation that runs
+  its own model offline): holder i answers query q with ``table[q, i]`` from its node's
+  ``teacher-table`` file (shape (pool, N)), or ``table[q]`` if that file is 1-D (its own
+  predictions only); queries are ``0..Q-1``.
 
 A holder computes its teacher's answers for the job's (public) queries once, at setup,
 so that the per-batch ClientApp process (Flower starts one per message) needs neither
@@ -64,6 +65,9 @@ def teacher_predictions(config: DeployConfig, node: NodeConfig, query_ids: np.nd
         if not node.teacher_table:
             raise InputError("task 'table' needs teacher-table=<path.npy> in the holder's node-config")
         table = np.load(Path(node.teacher_table).expanduser(), mmap_mode="r", allow_pickle=False)
+        if table.ndim == 1:  # this holder's own predictions, one per public point
+            table = table[:, None]
+            i = 0
         if table.ndim != 2 or table.shape[1] <= i or (len(ids) and ids.max() >= table.shape[0]):
             raise InputError(f"teacher table {node.teacher_table} has shape {table.shape}: no column {i} / rows")
         return np.asarray(table[ids, i], dtype=np.int64)
