@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -323,7 +324,7 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
         if progress:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"[reproduce] {msg}")
+            tqdm.write(f"[reproduce] {msg}", file=sys.stderr)
 
     # ---------------------------------------------------------------- data and teachers
     t0 = time.perf_counter()
@@ -467,7 +468,8 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
             "label_accuracy": float(np.mean(labels[:q] == true_q[:q])),
             "plurality_label_accuracy": float(np.mean(plurality(clear_counts[:q]) == true_q[:q])),
             "vote_gap_median": float(np.median(gaps[:q])),
-            "queries_with_vote_gap_le_1": int(np.sum(gaps[:q] <= 1)),
+            "vote_gap_min": int(gaps[:q].min()),
+            "queries_with_vote_gap_le_3": int(np.sum(gaps[:q] <= 3)),
         }
         for method in cfg.methods:
             accs, secs = [], []
