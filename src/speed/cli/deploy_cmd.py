@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     certs = dsub.add_parser("certs", help="a CA and a SuperLink TLS certificate (cryptography, no openssl needed)")
     certs.add_argument("directory", type=Path)
     certs.add_argument("--host", action="append", default=None,
-                       help="DNS name or IP address of the SuperLink (repeat; default localhost, 127.0.0.1, ::1)")
+                       help="DNS name or IP address of the SuperLink (repeat); localhost, 127.0.0.1 and ::1 are "
+                       "always included (the SuperLink's own ServerApp connects to 127.0.0.1)")
     certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     certs.set_defaults(func=run_certs_cmd)
 

@@ -56,13 +56,18 @@ def _san(names: list[str]):
 
 def make_certificates(directory: str | os.PathLike, hosts: list[str] | None = None,
                       days: int = 2) -> Certificates:
-    """CA + SuperLink server certificate valid for ``hosts`` (default: localhost, 127.0.0.1, ::1)."""
+    """CA + SuperLink server certificate valid for ``hosts`` and always for loopback.
+
+    Loopback (localhost, 127.0.0.1, ::1) is always included: the SuperLink's own SuperExec
+    and ServerApp reach its Runtime API at 127.0.0.1 (flwr 1.42 rewrites a 0.0.0.0 bind
+    address to 127.0.0.1) and verify the same certificate.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    hosts = list(hosts or ["localhost", "127.0.0.1", "::1"])
+    hosts = list(dict.fromkeys(list(hosts or []) + ["localhost", "127.0.0.1", "::1"]))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
