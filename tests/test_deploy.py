@@ -299,6 +299,16 @@ def test_cli_local_refuses_bad_arguments_in_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------- in-process federation
+def test_fake_grid_without_owner_stops_with_a_clear_message(tmp_path, cache_dir):
+    table = np.zeros((ROWS, N), dtype=np.int64)
+    np.save(tmp_path / "table.npy", table)
+    config = job_config("no-owner")
+    summary, labels, grid, lines = run_fake(tmp_path, cache_dir, config, run_id=21, silent_from={0: 0})
+    assert summary["status"] == "stopped" and "role='owner'" in summary["reason"]
+    assert labels == {} and summary["owner"] == {}
+    assert not any(t == "query.setup" for kind, n, t, c in grid.seen)  # nothing sent to holders
+
+
 @pytest.mark.slow
 def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home, cache_dir, reference):
     config = job_config("fake-full")

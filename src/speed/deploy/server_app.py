@@ -135,6 +135,7 @@ class Job:
         self.timings: dict[str, float] = {}
         self.info: dict[str, Any] = {}
         self.owner_summary: dict[str, Any] = {}
+        self.owner_reachable = True
 
     # -- parties ---------------------------------------------------------------------
     def party(self, node: int) -> str:
@@ -211,6 +212,7 @@ class Job:
         if self.owner_node in errors:
             raise DeployError(f"the owner refused {message_type}: {errors[self.owner_node]}")
         if self.owner_node not in replies:
+            self.owner_reachable = False
             raise DeployError(f"the owner did not answer {message_type} within {timeout or self.config.owner_timeout:g} s")
         return replies[self.owner_node]
 
@@ -223,13 +225,18 @@ class Job:
         except (SpeedError, ValueError) as exc:
             status, reason = "stopped", str(exc)
             self.log(f"STOPPED: {reason}")
-        finally:
-            if self.owner_node is not None:
-                try:
-                    content = self._ask_owner("finish", RecordDict(), group="finish")
-                    self.owner_summary = records.get_json(content, "summary")
-                except SpeedError as exc:
-                    self.log(f"owner summary unavailable: {exc}")
+        except Exception as exc:  # a bug or a Flower failure: still report, with the trace in the log
+            import traceback
+
+            traceback.print_exc()
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            self.log(f"FAILED: {reason}")
+        if self.owner_node is not None and self.owner_reachable:
+            try:
+                content = self._ask_owner("finish", RecordDict(), min(self.config.owner_timeout, 120.0), "finish")
+                self.owner_summary = records.get_json(content, "summary")
+            except SpeedError as exc:
+                self.log(f"owner summary unavailable: {exc}")
         self.timings["total_s"] = time.perf_counter() - start
         summary = self.summary(status, reason)
         self.log("SUMMARY " + json.dumps(summary, sort_keys=True))
