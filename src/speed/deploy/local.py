@@ -258,9 +258,16 @@ def _run(options: LocalOptions, config: DeployConfig, workdir: Path, cache_dir: 
     if summary is None:
         if time.monotonic() >= deadline:
             return {"status": "timeout", "reason": f"no summary within --timeout {options.timeout:g} s"}
-        flwr.wait(timeout=30)
+        try:
+            flwr.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        dead = [f"{name} (status {proc.returncode})" for name, proc in procs.procs.items()
+                if name in ("superlink", *(n for n, _ in parties)) and proc.poll() is not None
+                and not (options.kill_holder is not None and name == f"holder-{options.kill_holder}")]
+        what = f"{', '.join(dead)} exited during the run" if dead else "flwr run ended without a summary"
         return {"status": "failed",
-                "reason": f"flwr run ended (status {flwr.returncode}) without a summary; see {procs.log_dir}"}
+                "reason": f"{what}; labels and ledger records so far are kept, rerun to resume (logs: {procs.log_dir})"}
     try:
         flwr.wait(timeout=30)
     except subprocess.TimeoutExpired:
