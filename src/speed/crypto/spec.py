@@ -37,16 +37,11 @@ import numpy as np
 from scipy import stats
 
 from speed.errors import InputError
+from speed.privacy.lattice import lattice_tail_probability, noise_bound_for
 
 #: Sanity limits on the configuration (SPEC §5 costs grow as K²; docs/he-engine.md has measurements).
 MAX_CLASSES = 256
 MAX_HOLDERS = 10_000
-
-
-def _discrete_laplace_two_sided_tail(bound: int, scale_steps: float) -> float:
-    """Pr[|Z| > bound] for P(z) ∝ q^{|z|}, q = e^{−1/scale_steps}: 2 q^{bound+1} / (1 + q)."""
-    q = math.exp(-1.0 / scale_steps)
-    return 2.0 * math.exp((bound + 1) * -1.0 / scale_steps) / (1.0 + q)
 
 
 def share_tail(bound: int, num_holders: int, scale_steps: float) -> float:
@@ -58,31 +53,16 @@ def share_tail(bound: int, num_holders: int, scale_steps: float) -> float:
     return float(min(1.0, 2.0 * stats.nbinom.sf(bound, 1.0 / num_holders, success)))
 
 
-def noise_failure(bound: int, num_holders: int, num_classes: int, scale_steps: float) -> float:
-    """Per-query probability that some class's total noise leaves [−bound, bound]."""
-    return float(min(1.0, num_classes * _discrete_laplace_two_sided_tail(bound, scale_steps)))
-
-
 def choose_noise_bound(
     num_holders: int, num_classes: int, scale: float, resolution: int, failure_probability: float
 ) -> int:
-    """Smallest A (lattice steps) whose per-query noise failure is ≤ ``failure_probability``."""
-    if not 0 < failure_probability < 1:
-        raise InputError(f"noise failure probability must be in (0, 1), got {failure_probability}")
-    scale_steps = scale * resolution
-    bound = 1
-    while noise_failure(bound, num_holders, num_classes, scale_steps) > failure_probability:
-        bound = bound * 2 if bound < 1024 else bound + 1024
-        if bound > 10**7:
-            raise InputError("noise scale too large for an exact integer circuit")
-    lo, hi = bound // 2, bound  # bisection: failure(hi) ok
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if noise_failure(mid, num_holders, num_classes, scale_steps) <= failure_probability:
-            hi = mid
-        else:
-            lo = mid
-    return max(hi, 1)
+    """Smallest A (lattice steps) with ``K · Pr[|Z| > A] ≤ failure_probability`` per query.
+
+    Z is the discrete-Laplace total noise of one class (all N shares, whatever N: the range
+    must hold it whatever the coalition); :func:`speed.privacy.lattice.noise_bound_for`.
+    """
+    del num_holders  # the total noise law does not depend on N
+    return noise_bound_for(failure_probability, scale, resolution, coordinates=num_classes)
 
 
 def signed_width(low: int, high: int) -> int:
@@ -170,7 +150,7 @@ class CircuitSpec:
 
     def histogram_failure_probability(self, scale: float) -> float:
         """Per query: total noise outside [−A, A] or a PBS error (post-processing: enlarges q)."""
-        tail = noise_failure(self.noise_bound, self.num_holders, self.num_classes, scale * self.resolution)
+        tail = self.num_classes * lattice_tail_probability(self.noise_bound, scale, self.resolution)
         return min(1.0, tail + self.global_p_error)
 
     def clip_failure_probability(self, scale: float) -> float:
