@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
@@ -84,7 +84,6 @@ class CircuitSpec:
     batch_size: int = 1
     global_p_error: float = 1e-9
     security_level: int = 128
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -132,13 +131,11 @@ class CircuitSpec:
         return self.num_classes * (self.num_classes - 1) // 2
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("extra")
-        return data
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CircuitSpec":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "extra"})
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     @property
     def cache_key(self) -> str:
