@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,12 +34,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from speed.deploy.config import DeployConfig, write_app_dir
-from speed.deploy.processes import ProcessSet
+from speed.deploy.processes import ProcessSet, signals_interrupt
 from speed.deploy.sealing import HolderPadKey
 from speed.deploy.tls import make_certificates, make_node_key
 from speed.errors import InputError, SpeedError
 
-__all__ = ["LocalOptions", "run_local"]
+__all__ = ["LocalOptions", "job_report", "run_local"]
 
 CONNECTION = "speed-local"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -133,36 +132,24 @@ def run_local(options: LocalOptions) -> dict[str, Any]:
         stop_report.update(procs.stop_all(), token=procs.token)
 
     atexit.register(stop)
-    # Ctrl-C, SIGTERM and SIGHUP all end in the `finally` below (also when the shell started us
-    # with SIGINT ignored, as non-interactive shells do for background jobs).
-    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.getsignal(sig) for sig in caught}
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        for sig in caught:
-            signal.signal(sig, on_signal)
     summary: dict[str, Any] | None = None
     status, reason = "failed", None
     try:
-        summary = _run(options, config, workdir, cache_dir, run_dir, flwr_home, procs)
-        status, reason = summary.get("status", "failed"), summary.get("reason")
-    except KeyboardInterrupt as exc:
-        status, reason = "interrupted", f"interrupted ({exc or 'Ctrl-C'}): every process is being stopped"
-        options.on_line(f"[speed] {reason}")
-    except SpeedError as exc:
-        status, reason = "failed", str(exc)
+        with signals_interrupt():  # Ctrl-C, SIGTERM and SIGHUP all end in the `finally` below
+            try:
+                summary = _run(options, config, workdir, cache_dir, run_dir, flwr_home, procs)
+                status, reason = summary.get("status", "failed"), summary.get("reason")
+            except KeyboardInterrupt as exc:
+                status, reason = "interrupted", f"interrupted ({exc or 'Ctrl-C'}): every process is being stopped"
+                options.on_line(f"[speed] {reason}")
+            except SpeedError as exc:
+                status, reason = "failed", str(exc)
+            finally:
+                stop()
     finally:
-        stop()
         atexit.unregister(stop)
-        if in_main:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    result = _report(options, config, workdir, run_dir, summary or {}, status, reason, stop_report,
-                     time.perf_counter() - started_at)
+    result = job_report(config, workdir, run_dir, summary or {}, status, reason, stop_report,
+                        time.perf_counter() - started_at, node_auth=options.node_auth)
     (run_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     return result
 
@@ -275,8 +262,11 @@ def _run(options: LocalOptions, config: DeployConfig, workdir: Path, cache_dir: 
     return summary
 
 
-def _report(options: LocalOptions, config: DeployConfig, workdir: Path, run_dir: Path, summary: dict[str, Any],
-            status: str, reason: str | None, stop_report: dict[str, Any], wall: float) -> dict[str, Any]:
+def job_report(config: DeployConfig, workdir: Path, run_dir: Path, summary: dict[str, Any], status: str,
+               reason: str | None, stop_report: dict[str, Any], wall: float, node_auth: bool = True,
+               tls: bool = True) -> dict[str, Any]:
+    """The JSON summary of ``speed deploy local`` / ``simulate``: the ServerApp's summary, the owner's labels
+    (from ``workdir/owner``), ε, bytes per party, and which processes were started / left running."""
     from speed.deploy.owner_node import read_labels
 
     job_dir = workdir / "owner" / "jobs" / config.effective_job_id
@@ -301,8 +291,8 @@ def _report(options: LocalOptions, config: DeployConfig, workdir: Path, run_dir:
         "holders_dropped": summary.get("holders_dropped"),
         "circuit": summary.get("circuit"),
         "pad_mode": summary.get("pad_mode"),
-        "tls": True,
-        "node_auth": options.node_auth,
+        "tls": tls,
+        "node_auth": node_auth,
         "processes": {"started": stop_report.get("started"), "left_running": stop_report.get("left_running"),
                       "token": stop_report.get("token")},
         "ledger": str(job_dir / "ledger.jsonl"),

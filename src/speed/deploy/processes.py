@@ -22,11 +22,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Iterator
 
-__all__ = ["ProcessSet", "TOKEN_VAR", "processes_with_token"]
+__all__ = ["ProcessSet", "TOKEN_VAR", "memory_of", "processes_with_token", "signals_interrupt"]
 
 TOKEN_VAR = "SPEED_DEPLOY_TOKEN"
 
@@ -66,6 +68,50 @@ def processes_with_token(token: str) -> list[int]:
         if needle in env.split(b"\0") and _proc_state(int(entry.name)) not in (None, "Z", "X"):
             found.append(int(entry.name))
     return sorted(found)
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt`.
+
+    So Ctrl-C, ``kill`` and a closed terminal all reach the caller's ``finally`` that stops
+    every process, also when the shell started us with SIGINT ignored (non-interactive
+    shells do that for background jobs).  Outside the main thread it does nothing.
+    """
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in caught}
+
+    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in caught:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def memory_of(pids: list[int]) -> dict[str, int]:
+    """Resident memory of ``pids`` together: ``rss`` (sum of RSS, counts shared pages once per
+    process) and ``pss`` (proportional set size: shared pages split between their users, so the
+    sum is what the processes really occupy), in bytes; processes that vanished count 0."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return {"rss": rss, "pss": pss}
 
 
 class ProcessSet:
