@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip "setuptools<81" wheel
 	# torch first and pinned: pip then takes this machine's CPU build instead of a multi-GB CUDA one.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	# [simulation]: ray for `speed deploy simulate` and its test (adds ~5 s and 220 MB)
+	$(BIN)/pip install --quiet -e ".[test,simulation]"
 	touch $(STAMP)
 
 setup: $(STAMP)

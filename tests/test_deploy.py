@@ -10,8 +10,9 @@
 * ``slow``: a real ``flower-superlink`` and ``flower-supernode`` processes on loopback with
   TLS and SuperNode authentication (``speed deploy local``); labels equal the in-process
   run, one variant SIGKILLs a holder mid-run; no process survives either.
-
-Flower's simulation engine needs ray, which is not installed with speed: not tested.
+* ``slow``: the same app on Flower's simulation engine (``speed deploy simulate``, needs
+  ray from ``speed[simulation]``; skipped with the reason when ray is missing): labels
+  equal the in-process run, no process survives.
 """
 
 from __future__ import annotations
@@ -444,4 +445,60 @@ def test_local_federation_survives_a_killed_holder(fed_home, cache_dir, referenc
     recs = ledger_records(fed_home, config.effective_job_id)
     assert [r["num_holders"] for r in recs] == [N, N, N - 1, N - 1]
     assert abs(recs[-1]["tau_effective"] - 2 / 3) < 1e-12
+    _no_process_left(result, fed_home)
+
+
+# ------------------------------------------------------------- Flower's simulation engine
+def test_simulated_partitions_map_to_holders_and_owner(tmp_path):
+    from speed.deploy.config import simulated_node_config
+
+    run = {"simulation-dir": str(tmp_path), "simulation-cache-dir": "/c", "simulation-teacher-table": "/t.npy"}
+    holder = NodeConfig.from_context({"partition-id": 2, "num-partitions": 4}, run)
+    assert (holder.role, holder.partition_id, holder.state_dir) == ("holder", 2, tmp_path / "holder-2")
+    assert (str(holder.cache_dir), holder.teacher_table) == ("/c", "/t.npy")
+    owner = NodeConfig.from_context({"partition-id": 3, "num-partitions": 4}, run)
+    assert (owner.role, owner.state_dir, owner.holder_keys) == ("owner", tmp_path / "owner", "")
+    (tmp_path / "holder-keys").mkdir()
+    assert NodeConfig.from_context({"partition-id": 3, "num-partitions": 4}, run).holder_keys == str(
+        tmp_path / "holder-keys")
+    # a node that states its role is never remapped; without simulation-dir nothing is mapped
+    stated = NodeConfig.from_context({"role": "holder", "partition-id": 0, "num-partitions": 4}, run)
+    assert stated.state_dir != tmp_path / "holder-0"
+    with pytest.raises(InputError, match="role"):
+        NodeConfig.from_context({"partition-id": 0, "num-partitions": 4}, {})
+    with pytest.raises(InputError, match="partition-id 5"):
+        simulated_node_config(5, 4, tmp_path)
+    with pytest.raises(InputError, match="N \\+ 1"):
+        simulated_node_config(0, 2, tmp_path)  # one holder only
+
+
+def test_simulate_without_ray_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    import speed.deploy.simulation as simulation
+    from speed.cli.main import main
+
+    monkeypatch.setattr(simulation, "ray_available", lambda: False)
+    with pytest.raises(InputError, match="needs ray"):
+        simulation.run_simulation(simulation.SimulationOptions(config=job_config("no-ray"), workdir=tmp_path))
+    assert main(["deploy", "simulate", "--holders", "3", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "pip install 'speed[simulation]'" in err[0]
+
+
+@pytest.mark.slow
+def test_simulation_engine_labels_equal_in_process_run(fed_home, cache_dir, reference):
+    pytest.importorskip("ray", reason="Flower's simulation engine needs ray: pip install 'speed[simulation]'")
+    from speed.deploy.simulation import SimulationOptions, run_simulation
+
+    config = job_config("simulated", vote_timeout=300.0, node_wait=60.0, poll_interval=0.1)
+    lines: list[str] = []
+    result = run_simulation(SimulationOptions(config=config, workdir=fed_home, cache_dir=cache_dir,
+                                              teacher_table=fed_home / "table.npy", timeout=900,
+                                              on_line=lines.append))
+    assert result["status"] == "completed", (result["reason"], lines)
+    assert {int(q): v for q, v in result["labels"].items()} == reference
+    assert result["labels_received"] == Q and result["epsilon"] > 0
+    assert any("--simulation" in line for line in lines)
+    assert result["simulation"]["virtual_supernodes"] == N + 1
+    assert result["simulation"]["memory"]["peak_pss_bytes"] > 0
+    assert sorted(result["bytes"]) == ["holder-0", "holder-1", "holder-2", "owner", "server"]
     _no_process_left(result, fed_home)

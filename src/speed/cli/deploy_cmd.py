@@ -3,6 +3,8 @@
 Examples::
 
     speed deploy local --holders 5 --queries 10            # whole federation on loopback, TLS on
+    speed deploy simulate --holders 250 --queries 5 --task table --classes 10 --teacher-table t.npy
+                                                            # same app, Flower's simulation engine (ray)
     speed deploy app flower-app/ --holders 5 --queries 10  # the Flower App for `flwr run`
     speed deploy certs certs/ --host superlink.example.org # CA + SuperLink certificate
     speed deploy node-key keys/ hospital-3                  # SuperNode authentication key pair
@@ -97,6 +99,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json-only", action="store_true", help="no progress lines on stderr")
     loc.set_defaults(func=run_local_cmd)
 
+    sim = dsub.add_parser(
+        "simulate", help="the same Flower App on Flower's simulation engine: N virtual holders + the owner on one "
+        "machine (needs ray: pip install 'speed[simulation]')",
+        description=(
+            "Run the same ServerApp and ClientApp as `deploy local` on Flower's simulation engine: "
+            "flower-superlink --simulation (TLS on loopback) and `flwr run` with a federation of N + 1 virtual "
+            "SuperNodes (partition i < N is holder i, partition N the model owner), executed by a small pool of ray "
+            "workers instead of one process per party. Progress on stderr, the same JSON summary as `deploy local` "
+            "on stdout, plus the peak memory of all processes; every process is stopped at the end. Rerunning the "
+            "same command resumes the job from the owner's ledger. Here --vote-timeout defaults to 900 s and "
+            "--setup-timeout to 3600 s (many holders share a few workers)."
+        ),
+    )
+    _config_args(sim)
+    sim.set_defaults(vote_timeout=900.0, setup_timeout=3600.0)
+    g = sim.add_argument_group("simulated federation")
+    g.add_argument("--workdir", type=Path, default=Path(".speed-deploy/simulation"),
+                   help="parties' state and per-run files (default .speed-deploy/simulation)")
+    g.add_argument("--cache-dir", type=Path, default=Path(".speed-cache"),
+                   help="compiled circuits and teacher checkpoints (default .speed-cache)")
+    g.add_argument("--teacher-table", type=Path, default=None, help="task table: (rows, N) .npy of teacher labels")
+    g.add_argument("--cpus-per-node", type=int, default=1,
+                   help="CPUs ray reserves per ClientApp worker; workers = cores / this (default 1)")
+    g.add_argument("--timeout", type=float, default=7200.0, help="give up after this many seconds (default 7200)")
+    g.add_argument("--json-only", action="store_true", help="no progress lines on stderr")
+    sim.set_defaults(func=run_simulate_cmd)
+
     app = dsub.add_parser("app", help="write the Flower App project (pyproject.toml) for `flwr run`",
                           description="Write DIR/pyproject.toml: the Flower App whose ServerApp and ClientApp are "
                           "in the installed speed package, with the job settings as run-config defaults.")
@@ -133,6 +162,22 @@ def run_local_cmd(args: argparse.Namespace) -> int:
     if args.json_only:
         options.on_line = lambda line: None
     result = run_local(options)
+    print(dump_json(result))
+    if result["status"] == "completed":
+        return 0
+    print(f"{result['status']}: {result['reason']}", file=sys.stderr)
+    return 130 if result["status"] == "interrupted" else 1
+
+
+def run_simulate_cmd(args: argparse.Namespace) -> int:
+    from speed.deploy.simulation import SimulationOptions, run_simulation
+
+    options = SimulationOptions(config=_config(args), workdir=args.workdir, cache_dir=args.cache_dir,
+                                teacher_table=args.teacher_table, cpus_per_node=args.cpus_per_node,
+                                timeout=args.timeout)
+    if args.json_only:
+        options.on_line = lambda line: None
+    result = run_simulation(options)
     print(dump_json(result))
     if result["status"] == "completed":
         return 0

@@ -8,6 +8,8 @@
 * :mod:`speed.deploy.records` — ``speed.messages`` in Flower records;
 * :mod:`speed.deploy.sealing` — pads sealed owner → holder, unreadable by the router;
 * :mod:`speed.deploy.local` — ``speed deploy local``: the whole federation on loopback;
+* :mod:`speed.deploy.simulation` — ``speed deploy simulate``: the same app on Flower's
+  simulation engine (N virtual holders + the owner, ray workers);
 * :mod:`speed.deploy.tls`, :mod:`speed.deploy.processes` — certificates, node keys,
   process supervision.
 

@@ -2,7 +2,9 @@
 
 ``flower-supernode --node-config "role='holder' partition-id=3 state-dir='...'"`` makes a
 node holder 3; ``role='owner'`` makes it the model owner (see
-:class:`speed.deploy.config.NodeConfig`).  Message types (all in Flower's ``query``
+:class:`speed.deploy.config.NodeConfig`).  On Flower's simulation engine a virtual node
+has no role, only a partition id: ``NodeConfig.from_context`` maps it (``speed deploy
+simulate``, :mod:`speed.deploy.simulation`).  Message types (all in Flower's ``query``
 category; contents are ``speed.messages`` dataclasses, see :mod:`speed.deploy.records`):
 
 ==================  =========  ============================================================
@@ -53,7 +55,7 @@ def _handle(message: Message, context: Context, fn: Callable[[RecordDict, Contex
     start = time.perf_counter()
     try:
         config = DeployConfig.from_run_config(context.run_config)
-        node = NodeConfig.from_node_config(context.node_config, context.node_id)
+        node = NodeConfig.from_context(context.node_config, context.run_config, context.node_id)
         content = fn(message.content, context, config, node)
         records.put_json(content, "timing", {"handler_s": time.perf_counter() - start})
     except Exception as exc:  # reported to the ServerApp as one line; the node log keeps the trace
