@@ -318,6 +318,11 @@ def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home,
     assert labels == reference
     assert [b["holders_answered"] for b in summary["batches"]] == [N, N]
     assert summary["owner"]["labels_stored"] == Q and summary["owner"]["tau_effective_values"] == [1.0]
+    # seeded pads: holders get the bundle, never the evaluation keys (the server and the owner's
+    # stand-ins still have them)
+    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    assert len(to_holders) == N and not any("keys" in c.config_records for c in to_holders)
+    assert all(summary["bytes"][f"holder-{i}"]["bytes_sent_to"] < 2**20 for i in range(N))
     # every byte the server handled: no pad in clear.  A seeded vote keeps its pad's 16-byte
     # seeds, so a pad seen in clear by the server would share them with the vote.
     blobs = [(kind, node, mtype, bytes(a.data)) for kind, node, mtype, content in grid.seen
@@ -338,6 +343,39 @@ def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home,
     opened = open_pad(sealed, HolderPadKey(fed_home / f"holder-{sealed.holder_id}").private_key())
     vote = next(v for v in votes if v.pad_id == sealed.pad_id)
     assert opened.data[first_body - 16:first_body] == vote.data[first_body - 16:first_body]
+
+
+@pytest.mark.slow
+def test_fake_grid_encode_mode_ships_keys_to_holders_with_same_labels(fed_home, cache_dir, reference):
+    config = job_config("fake-encode", pad_mode="encode")
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=16)
+    assert summary["status"] == "completed", summary["reason"]
+    assert summary["pad_mode"] == "encode" and labels == reference
+    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    assert len(to_holders) == N and all("keys" in c.config_records for c in to_holders)
+    keys = records.get(to_holders[0], "keys", messages.EvaluationKeys)
+    assert all(summary["bytes"][f"holder-{i}"]["bytes_sent_to"] > len(keys.data) for i in range(N))
+    # a later seeded job on the same holders does not use (or resend) the keys
+    summary2, labels2, grid2, _ = run_fake(fed_home, cache_dir, job_config("fake-seeded-after-encode"), run_id=17)
+    assert summary2["status"] == "completed" and labels2 == reference
+    assert not any("keys" in c.config_records for kind, n, t, c in grid2.seen if kind == "to")
+
+
+def test_holder_without_keys_only_for_seeded_pads(tmp_path):
+    from speed.crypto.runtime import digest
+    from speed.deploy.holder_node import HolderNode, connect_holder
+    from speed.holder import DataHolder
+
+    bundle = messages.CircuitBundle(spec={}, program=b"p", program_id=digest(b"p"), pad_mode="encode")
+    with pytest.raises(InputError, match="needs the evaluation keys"):
+        connect_holder(DataHolder(0, lambda q: q, 0.5), bundle, None, "k")
+    node = NodeConfig.from_node_config({"role": "holder", "partition-id": 0, "state-dir": str(tmp_path)})
+    holder = HolderNode(job_config("x"), node)  # seeded job
+    with pytest.raises(InputError, match="pad mode 'encode'"):
+        holder.setup({}, "k", [0], bundle, None)
+    with pytest.raises(InputError, match="no circuit bundle"):
+        holder.setup({}, "k", [0])
+    assert holder.cached_keysets() == []
 
 
 def _answering_reference(table, config, holders_answering, spec):

@@ -10,7 +10,7 @@ category; contents are ``speed.messages`` dataclasses, see :mod:`speed.deploy.re
 ==================  =========  ============================================================
 ``query.hello``     both       role, partition id, cached keysets, holder's pad key
 ``query.setup``     owner      holders' pad keys → CircuitBundle, EvaluationKeys, plan, pads
-``query.setup``     holder     CircuitBundle + EvaluationKeys (unless cached), query ids
+``query.setup``     holder     CircuitBundle (unless cached; + EvaluationKeys in encode mode), query ids
 ``query.vote``      holder     QueryBatch + sealed Pad → EncryptedVote
 ``query.pads``      owner      batch id, holder ids, pad keys → sealed Pads
 ``query.fill``      owner      QueryBatch, missing holder ids → stand-in EncryptedVotes
@@ -108,8 +108,9 @@ def setup(message: Message, context: Context) -> Message:
             return out
         args = records.get_json(content, "setup")
         bundle = keys = None
-        if "keys" in content.config_records:
+        if "bundle" in content.config_records:
             bundle = records.get(content, "bundle", messages.CircuitBundle)
+        if "keys" in content.config_records:  # encode pad mode only: seeded pads need no evaluation keys
             keys = records.get(content, "keys", messages.EvaluationKeys)
         state = _state(ctx)
         ack = _holder(config, node).setup(state, args["keyset_id"], args["query_ids"], bundle, keys)

@@ -3,9 +3,12 @@ state kept where Flower's one-process-per-message ClientApps can find it again.
 
 Durable, under the node's ``state-dir``:
 
-* ``keysets/<keyset id>/``: the circuit bundle and evaluation keys received at setup
-  (checked against their ids by ``DataHolder.connect``), so a rerun with the same owner
-  keys does not move them again;
+* ``keysets/<keyset id>/``: the circuit bundle received at setup, and — only for
+  ``pad_mode="encode"`` — the evaluation keys (checked against their ids by
+  ``DataHolder.connect``), so a rerun with the same owner keys does not move them again.
+  In the default seeded pad mode a holder only adds Δ·v to the 8-byte LWE bodies of its
+  pads (:mod:`speed.crypto.seeded`): it never uses evaluation keys, and the ServerApp does
+  not send them (≈ 49–308 MB per holder saved, see ``docs/deploy.md``);
 * ``jobs/<job id>/predictions.json``: this holder's teacher's answers to the job's
   public queries, computed once at setup (:mod:`speed.deploy.task`).
 
@@ -26,12 +29,33 @@ import numpy as np
 from speed import messages
 from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import HolderPadKey, open_pad
+from speed.crypto.runtime import digest
 from speed.deploy.task import teacher_predictions
 from speed.errors import InputError
 from speed.holder import DataHolder
 from speed.privacy.noise import holder_generators
 
 __all__ = ["HolderNode"]
+
+
+def connect_holder(holder: DataHolder, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys | None,
+                   keyset_id: str) -> None:
+    """``holder.connect`` with the evaluation keys, or without them for a seeded-pad bundle.
+
+    In seeded mode ``DataHolder.connect`` uses the keys only to check them against their id;
+    a holder that never received them is connected with an empty stand-in (which passes
+    that check and is never used: seeded encryption is ``SeededLayout.add`` on the pad) and
+    then told the real keyset id, which every pad it is given must carry.
+    """
+    if keys is not None:
+        if keys.keyset_id != keyset_id:
+            raise InputError(f"evaluation keys of keyset {keys.keyset_id}, expected {keyset_id}")
+        holder.connect(bundle, keys)
+        return
+    if bundle.pad_mode != "seeded":
+        raise InputError(f"pad mode {bundle.pad_mode!r} needs the evaluation keys at the holder: resend them")
+    holder.connect(bundle, messages.EvaluationKeys(keyset_id=digest(b""), data=b""))
+    holder.keyset_id = keyset_id
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -57,27 +81,46 @@ class HolderNode:
 
     # -- keysets -------------------------------------------------------------------
     def cached_keysets(self) -> list[str]:
+        """Keysets this holder can vote with in this job's pad mode without receiving anything.
+
+        Seeded mode: the bundle, for that pad mode; encode mode: the bundle and the evaluation keys.
+        """
         root = self.node.state_dir / "keysets"
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "evaluation.keys").is_file())
+        out = []
+        for directory in sorted(root.iterdir()):
+            try:
+                mode = json.loads((directory / "bundle.json").read_text()).get("pad_mode")
+            except (OSError, ValueError):
+                continue
+            if mode == self.config.pad_mode and (mode == "seeded" or (directory / "evaluation.keys").is_file()):
+                out.append(directory.name)
+        return out
 
-    def _store(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys) -> None:
-        directory = self.node.state_dir / "keysets" / keys.keyset_id
+    def _store(self, keyset_id: str, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys | None) -> None:
+        directory = self.node.state_dir / "keysets" / keyset_id
         meta = bundle.to_dict()
         program = meta.pop("program")
+        if keys is not None:
+            _atomic_write(directory / "evaluation.keys", keys.data)
         _atomic_write(directory / "program.bin", program)
-        _atomic_write(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())
-        _atomic_write(directory / "evaluation.keys", keys.data)
+        _atomic_write(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())  # last: marks it usable
 
-    def _load(self, keyset_id: str) -> tuple[messages.CircuitBundle, messages.EvaluationKeys]:
+    def _load(self, keyset_id: str) -> tuple[messages.CircuitBundle, messages.EvaluationKeys | None]:
+        """The stored bundle, and the evaluation keys if this holder has them (``None`` in seeded mode)."""
         directory = self.node.state_dir / "keysets" / keyset_id
-        if not (directory / "evaluation.keys").is_file():
-            raise InputError(f"holder {self.holder_id} has no evaluation keys for keyset {keyset_id}: resend them")
+        if not (directory / "bundle.json").is_file():
+            raise InputError(f"holder {self.holder_id} has no circuit bundle for keyset {keyset_id}: resend it")
         meta = json.loads((directory / "bundle.json").read_text())
         meta["program"] = (directory / "program.bin").read_bytes()
         bundle = messages.CircuitBundle.from_dict(meta)
-        return bundle, messages.EvaluationKeys(keyset_id=keyset_id, data=(directory / "evaluation.keys").read_bytes())
+        keys = None
+        if bundle.pad_mode != "seeded":  # seeded pads never need the keys: do not even read them
+            if not (directory / "evaluation.keys").is_file():
+                raise InputError(f"holder {self.holder_id} has no evaluation keys for keyset {keyset_id}: resend them")
+            keys = messages.EvaluationKeys(keyset_id=keyset_id, data=(directory / "evaluation.keys").read_bytes())
+        return bundle, keys
 
     # -- protocol ------------------------------------------------------------------
     def _holder(self, state: dict[str, Any], keyset_id: str) -> DataHolder:
@@ -95,7 +138,7 @@ class HolderNode:
                 raise InputError(f"query {exc.args[0]} is not one of this job's queries (setup)") from None
 
         holder = DataHolder(self.holder_id, predict, self.config.noise_scale, rng)
-        holder.connect(*self._load(keyset_id))
+        connect_holder(holder, *self._load(keyset_id), keyset_id)
         holder.used_pad_ids = set(state.get("used_pads", []))
         return holder
 
@@ -108,13 +151,16 @@ class HolderNode:
     def setup(self, state: dict[str, Any], keyset_id: str, query_ids: list[int],
               bundle: messages.CircuitBundle | None = None,
               keys: messages.EvaluationKeys | None = None) -> dict[str, Any]:
-        """Receive (or reuse) program + evaluation keys, answer the job's queries with the teacher."""
-        if keys is not None:
-            if bundle is None or keys.keyset_id != keyset_id:
-                raise InputError("setup carries evaluation keys without their circuit bundle or keyset id")
+        """Receive (or reuse) the program bundle (+ evaluation keys in encode mode), answer the job's queries."""
+        if keys is not None and bundle is None:
+            raise InputError("setup carries evaluation keys without their circuit bundle")
+        if bundle is not None:
+            if bundle.pad_mode != self.config.pad_mode:
+                raise InputError(f"circuit bundle is for pad mode {bundle.pad_mode!r}, this job uses "
+                                 f"{self.config.pad_mode!r}")
             probe = DataHolder(self.holder_id, lambda x: x, self.config.noise_scale)
-            probe.connect(bundle, keys)  # checks both against their ids before anything is stored
-            self._store(bundle, keys)
+            connect_holder(probe, bundle, keys, keyset_id)  # checks them against their ids before storing
+            self._store(keyset_id, bundle, keys)
         bundle, keys = self._load(keyset_id)
         spec = bundle.spec
         if spec["num_holders"] != self.config.holders:

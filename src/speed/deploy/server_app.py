@@ -6,8 +6,9 @@ function calls, and computes only with :class:`speed.server.AggregationServer`:
 1. ``query.hello`` to every SuperNode: who is the owner, which node is holder i.
 2. ``query.setup`` to the owner: circuit bundle, evaluation keys, the batches still to
    label (from its ledger: a rerun resumes), pads for the first batch.
-3. ``query.setup`` to every holder: bundle + evaluation keys (once per run, skipped when
-   the holder already holds that keyset), and the job's public query ids.
+3. ``query.setup`` to every holder: the circuit bundle (skipped when the holder already
+   holds that keyset) — plus the evaluation keys only in ``encode`` pad mode: a seeded-pad
+   holder never uses them — and the job's public query ids.
 4. Per batch: ``query.vote`` to every holder (its pad + the public query ids) →
    encrypted votes; stand-ins from the owner (``query.fill``) for holders that did not
    answer, if at least ``min-holders`` did; ``AggregationServer.aggregate`` → encrypted
@@ -270,17 +271,21 @@ class Job:
             self.log("nothing to label: every query of this job is already answered")
             return
 
-        # holders: program + evaluation keys (once per run, unless cached), the job's queries
+        # holders: the program bundle (once per keyset, unless cached) and the job's queries.  Evaluation
+        # keys only in encode pad mode: a seeded-pad holder adds Δ·v to its pad's bodies and never uses them.
+        holder_needs_keys = bundle.pad_mode != "seeded"
         contents = {}
         for h in sorted(self.alive):
             out = RecordDict()
             records.put_json(out, "setup", {"keyset_id": keys.keyset_id, "query_ids": todo_ids})
             if keys.keyset_id not in self.keysets.get(h, []):
                 records.put(out, "bundle", bundle)
-                records.put(out, "keys", keys)
+                if holder_needs_keys:
+                    records.put(out, "keys", keys)
             contents[self.holder_nodes[h]] = out
-        self.log(f"holder setup: sending evaluation keys to {sum('keys' in x.config_records for x in contents.values())}"
-                 f" holder(s), {len(contents) - sum('keys' in x.config_records for x in contents.values())} have them")
+        sending = sum("bundle" in x.config_records for x in contents.values())
+        what = "bundle + evaluation keys" if holder_needs_keys else "bundle (seeded pads: no evaluation keys)"
+        self.log(f"holder setup: sending the {what} to {sending} holder(s), {len(contents) - sending} have it")
         replies, errors = self.link.request(contents, "setup", c.setup_timeout, group="setup")
         node_to_holder = {n: h for h, n in self.holder_nodes.items()}
         failed = {node_to_holder[n]: f"setup failed: {e}" for n, e in errors.items()}
