@@ -55,6 +55,17 @@ def _log(line: str) -> None:
     print(f"{PREFIX} {line}", flush=True)
 
 
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0..2, 5, 7..8"`` (readable with 250 holders)."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs) or "none"
+
+
 class Link:
     """Request/reply over a Flower :class:`Grid`, with a deadline per request and byte counts per node."""
 
@@ -188,7 +199,7 @@ class Job:
         absent = sorted(set(range(self.config.holders)) - self.alive)
         for h in absent:
             self.dropped[h] = "not connected"
-        self.log(f"owner = node {self.owner_node}; holders connected: {sorted(self.alive)}"
+        self.log(f"owner = node {self.owner_node}; holders connected: {_ranges(sorted(self.alive))}"
                  + (f"; missing: {absent}" if absent else ""))
         self._check_quorum("at start")
 
