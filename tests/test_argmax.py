@@ -42,9 +42,9 @@ def _cases(spec: CircuitSpec, rng: np.random.Generator, kind: str) -> np.ndarray
     return votes + noise
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, batch_size=100)
+@pytest.fixture(scope="module", params=["tournament", "all-pairs"])
+def simulated(request):
+    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, batch_size=100, argmax=request.param)
     return spec, compile_module(spec, simulate=True)
 
 
@@ -60,7 +60,7 @@ def test_simulated_argmax_is_exact(simulated, kind):
         assert sums.min() >= low and sums.max() <= high
         got = np.asarray(module.aggregate.simulate(*[values[i] for i in range(spec.num_holders)]))
         np.testing.assert_array_equal(got, reference_argmax(sums))
-    # 10 calls × 100 queries = 1,000 simulated queries over the four kinds
+    # 10 calls × 100 queries = 1,000 simulated queries over the four kinds, per layout
 
 
 def test_difference_width_covers_range():
@@ -88,3 +88,25 @@ def test_noise_bound_meets_failure_probability():
     empirical = np.mean(np.abs(z) > 3)
     q = np.exp(-1.0)
     assert abs(empirical - 2 * q**4 / (1 + q)) < 0.02
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_tournament_byes_and_ties_exhaustive(k):
+    """Every sum vector in [−A, N·P + A]^K for small K (odd K exercises the byes)."""
+    spec = CircuitSpec(num_holders=1, num_classes=k, noise_bound=2, batch_size=216 if k < 5 else 250)
+    module = compile_module(spec, simulate=True)
+    low, high = spec.sum_range
+    grid = np.stack(np.meshgrid(*[np.arange(low, high + 1)] * k, indexing="ij"), axis=-1).reshape(-1, k)
+    if k == 5:
+        grid = np.random.default_rng(5).choice(grid, size=spec.batch_size, replace=False)
+    batch = np.zeros((spec.batch_size, k), dtype=np.int64)
+    batch[: len(grid)] = grid
+    got = np.asarray(module.aggregate.simulate(batch))
+    np.testing.assert_array_equal(got[: len(grid)], reference_argmax(grid))
+
+
+def test_unknown_argmax_layout_is_refused():
+    from speed.errors import InputError
+
+    with pytest.raises(InputError, match="argmax must be one of"):
+        CircuitSpec(num_holders=3, num_classes=4, noise_bound=2, argmax="bubble")

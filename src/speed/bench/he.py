@@ -55,6 +55,8 @@ def run(
     noise_failure: float = 1e-12,
     global_p_error: float = 1e-9,
     pad_mode: str = "seeded",
+    argmax: str = "tournament",
+    chunk_bits: int = 3,
     seed: int = 0,
     cache_dir: str | Path = ".speed-cache",
     progress: bool = True,
@@ -63,7 +65,7 @@ def run(
     bound = choose_noise_bound(num_holders, num_classes, scale, resolution, noise_failure)
     spec = CircuitSpec(
         num_holders=num_holders, num_classes=num_classes, noise_bound=bound, resolution=resolution,
-        batch_size=batch_size, global_p_error=global_p_error,
+        batch_size=batch_size, global_p_error=global_p_error, argmax=argmax, chunk_bits=chunk_bits,
     )
     cached = (Path(cache_dir) / "circuits" / spec.cache_key / "server.zip").exists()
     start = time.perf_counter()
@@ -89,6 +91,8 @@ def run(
         "queries": int(len(result.labels)),
         "batch_size": batch_size,
         "pad_mode": pad_mode,
+        "argmax": argmax,
+        "chunk_bits": chunk_bits if argmax == "tournament" else None,
         "median_server_s_per_query": float(np.median(per_query)),
         "server_s_per_call": result.server_call_seconds,
         "throughput_queries_per_s": float(len(result.labels) / max(sum(result.server_call_seconds), 1e-9)),

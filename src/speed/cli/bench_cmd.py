@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     he.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ of the noise")
     he.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote")
     he.add_argument("--pad-mode", choices=["seeded", "encode"], default="seeded")
+    he.add_argument("--argmax", choices=["tournament", "all-pairs"], default="tournament",
+                    help="homomorphic argmax layout (docs/he-engine.md)")
+    he.add_argument("--chunk-bits", type=int, default=3,
+                    help="tournament: bits per table lookup when selecting the larger sum")
     he.add_argument("--seed", type=int, default=0)
     he.add_argument("--cache-dir", default=".speed-cache")
     he.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -36,14 +40,16 @@ def run_he(args: argparse.Namespace) -> int:
 
     r = run(
         num_classes=args.classes, num_holders=args.holders, num_queries=args.queries, batch_size=args.batch_size,
-        gamma=args.gamma, resolution=args.resolution, pad_mode=args.pad_mode, seed=args.seed,
+        gamma=args.gamma, resolution=args.resolution, pad_mode=args.pad_mode, argmax=args.argmax,
+        chunk_bits=args.chunk_bits, seed=args.seed,
         cache_dir=args.cache_dir, progress=not args.json,
     )
     if args.json:
         print(dump_json(r))
         return 0
     print_sections(
-        f"HE engine — K={r['classes']}, N={r['holders']}, {r['queries']} queries, batch {r['batch_size']}",
+        f"HE engine — K={r['classes']}, N={r['holders']}, {r['queries']} queries, batch {r['batch_size']}, "
+        f"{r['argmax']} argmax",
         [
             ("server", [("median s / query", r["median_server_s_per_query"]),
                         ("throughput queries / s", r["throughput_queries_per_s"]),

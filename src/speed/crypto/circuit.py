@@ -6,22 +6,24 @@ is a valid input of ``aggregate``:
 * ``encode(zero: encrypted, vote: clear) -> zero + vote`` — a holder turns a one-time
   encryption of zero ("pad", issued by the owner) into an encryption of its noisy vote,
   with evaluation keys only (concrete-python has no public-key encryption).
-* ``aggregate(v_0, ..., v_{N−1}: encrypted) -> label index`` — class sums, then the
-  all-pairs argmax of SPEC §5 at depth 2 with exact truncated sign tests:
+* ``aggregate(v_0, ..., v_{N−1}: encrypted) -> label index`` — class sums
+  ``c = Σ_i v_i`` (shape (B, K): B queries per call, leveled), then an exact argmax (lowest
+  index wins ties, as :func:`speed.crypto.spec.reference_argmax`) in one of two layouts
+  (``CircuitSpec.argmax``):
 
-  1. ``c = Σ_i v_i`` (shape (B, K): B queries per call), leveled.
-  2. For every pair i < j: ``d = c_i − c_j`` and ``g_ij = [trunc(d, w − 2) ≥ 0]`` where
-     trunc removes the w − 2 low bits of the w-bit two's-complement d.  Truncation is a
-     floor, so its sign is exactly d's sign: ``g_ij = 1`` iff ``c_i ≥ c_j``.
-  3. ``s_k = Σ_{j>k} g_kj + Σ_{i<k} (1 − g_ik)`` (a clear ±1 matrix product, leveled) counts
-     the classes k beats; i beats j (i < j) iff c_i ≥ c_j is a strict total order, so
-     exactly one class has ``s_k = K − 1``: the argmax with the lowest index among ties.
-  4. ``label = Σ_k k·[s_k = K − 1]``: one encrypted integer per query.
+  - ``"tournament"`` (default, :func:`tournament_argmax`): K − 1 knockout matches in
+    ⌈log2 K⌉ rounds; each extracts the bits of ``c_a − c_b`` once (sign and the chunks of
+    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  142 PBS per
+    query at K = 10, N = 250.
+  - ``"all-pairs"`` (:func:`all_pairs_argmax`, SPEC §5 at depth 2): for every pair i < j,
+    ``g_ij = [trunc(c_i − c_j, w − 2) ≥ 0]`` (truncation is a floor, so its sign is exactly
+    the difference's), ``s_k = Σ_{j>k} g_kj + Σ_{i<k} (1 − g_ik)`` (clear ±1 matrix, leveled),
+    ``label = Σ_k k·[s_k = K − 1]``.  (w − 1) PBS per pair plus K equality tests: 415 PBS per
+    query at K = 10, N = 250.
 
-PBS: (w − 1) per pair for the sign test (w − 2 bit extractions + the comparison) plus K
-equality tests.  Parameters: concrete's optimizer at ``security_level`` (128-bit default,
-concrete's own parameter tables) and ``global_p_error`` (probability that any PBS of one
-circuit call is wrong).
+Parameters: concrete's optimizer at ``security_level`` (128-bit default, concrete's own
+parameter tables) and ``global_p_error`` (probability that any PBS of one circuit call is
+wrong).  The measured trade-offs (time, key sizes) are in docs/he-engine.md.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def _pair_matrices(num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return first, second, tally, constant
 
 
-def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
-    """Traced argmax of class sums (B, K) -> (B,) label indices (steps 2–4 above)."""
+def all_pairs_argmax(spec: CircuitSpec, fhe, class_sums):
+    """Traced all-pairs argmax of class sums (B, K) -> (B,) label indices (steps 2–4 above)."""
     first, second, tally, constant = _pair_matrices(spec.num_classes)
     differences = class_sums[:, first] - class_sums[:, second]
     truncated = fhe.truncate_bit_pattern(differences, lsbs_to_remove=spec.difference_width - 2)
@@ -58,6 +60,69 @@ def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
     wins = first_wins @ tally + constant
     is_winner = wins == spec.num_classes - 1
     return is_winner @ np.arange(spec.num_classes, dtype=np.int64)
+
+
+def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
+    """Traced knockout argmax of class sums (B, K) -> (B,) label indices.
+
+    Each round pairs neighbours (0, 1), (2, 3), … (an odd last entry passes through), so the
+    left side of every match holds the lower class indices.  One match of sums a (left) and
+    b (right), d = a − b of width w:
+
+    * the bits of d (two's complement) are extracted once, from the least significant up
+      (w PBS, exact); the sign bit s = bit_{w−1}, and ``left_wins = 1 − s`` ⇔ a ≥ b, so ties
+      go left: the lowest index among equal maxima wins, as :func:`reference_argmax`;
+    * the winner's sum is ``max(a, b) = b + relu(d)`` with ``relu(d) = Σ_c 2^{c·m}·[left_wins]·chunk_c``,
+      the chunks being m = ``chunk_bits`` bits of d's w − 1 low bits (one small two-input
+      table lookup per chunk: ⌈(w − 1)/m⌉ PBS);
+    * the winner's index is ``i_b + left_wins·(i_a − i_b)``: free in the first round (clear
+      indices), one small table lookup afterwards.
+
+    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + 1 PBS each, against
+    K(K − 1)/2 sign tests of w − 1 PBS for the all-pairs layout.
+    """
+    width = spec.difference_width
+    chunk = spec.chunk_bits
+    k = spec.num_classes
+    index_bits = int(2 * (k - 1)).bit_length()  # i_a − i_b + (K − 1) ∈ [0, 2K − 2]
+    # [left_wins]·u from one small table: the gate rides in the bit above u (u + 2^m·sign)
+    keep_chunk = fhe.LookupTable([u for u in range(2**chunk)] + [0] * 2**chunk)
+    keep_index = fhe.LookupTable([u - (k - 1) for u in range(2**index_bits)] + [0] * 2**index_bits)
+    values = class_sums
+    positions = np.arange(k, dtype=np.int64)
+    index = None  # encrypted (B, m) indices once a round has been played; clear before
+    while True:
+        m = values.shape[1]
+        half = m // 2
+        left, right = np.arange(0, 2 * half, 2), np.arange(1, 2 * half, 2)
+        difference = values[:, left] - values[:, right]
+        sign = fhe.bits(difference)[width - 1]  # 1 iff a < b: the right side wins
+        if index is None:
+            winner_index = positions[left] + sign * (positions[right] - positions[left])
+        else:
+            offset = index[:, left] - index[:, right] + (k - 1)
+            winner_index = index[:, right] + keep_index[offset + sign * 2**index_bits]
+        if m == 2:
+            return winner_index[:, 0]
+        relu = None
+        for start in range(0, width - 1, chunk):
+            stop = min(start + chunk, width - 1)
+            part = keep_chunk[fhe.bits(difference)[start:stop] + sign * 2**chunk] * 2**start
+            relu = part if relu is None else relu + part
+        winner_value = values[:, right] + relu
+        if m % 2:
+            last = values[:, [m - 1]]
+            winner_value = np.concatenate((winner_value, last), axis=1)
+            last_index = index[:, [m - 1]] if index is not None else last * 0 + int(positions[m - 1])
+            winner_index = np.concatenate((winner_index, last_index), axis=1)
+        values, index = winner_value, winner_index
+
+
+def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
+    """Traced argmax of class sums (B, K) -> (B,) label indices, in the spec's layout."""
+    if spec.argmax == "all-pairs":
+        return all_pairs_argmax(spec, fhe, class_sums)
+    return tournament_argmax(spec, fhe, class_sums)
 
 
 def _aggregate_function(spec: CircuitSpec, fhe):

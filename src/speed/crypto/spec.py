@@ -28,6 +28,7 @@ Tie rule: the lowest class index wins among equal maxima (``numpy.argmax``'s rul
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -73,6 +74,10 @@ def signed_width(low: int, high: int) -> int:
     return width
 
 
+#: Homomorphic argmax layouts (crypto/circuit.py).
+ARGMAX_LAYOUTS = ("tournament", "all-pairs")
+
+
 @dataclass(frozen=True)
 class CircuitSpec:
     """Everything the compiled circuit depends on (also the compile-cache key)."""
@@ -84,6 +89,8 @@ class CircuitSpec:
     batch_size: int = 1
     global_p_error: float = 1e-9
     security_level: int = 128
+    argmax: str = "tournament"  # "tournament" (K − 1 matches) or "all-pairs" (K(K − 1)/2 sign tests)
+    chunk_bits: int = 3  # tournament: bits per table lookup when selecting the larger sum
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -94,6 +101,10 @@ class CircuitSpec:
             raise InputError("resolution and batch size must be ≥ 1 and the noise bound ≥ 0")
         if not 0 < self.global_p_error < 1:
             raise InputError(f"global_p_error must be in (0, 1), got {self.global_p_error}")
+        if self.argmax not in ARGMAX_LAYOUTS:
+            raise InputError(f"argmax must be one of {', '.join(ARGMAX_LAYOUTS)}, got {self.argmax!r}")
+        if not 1 <= self.chunk_bits <= 6:
+            raise InputError(f"chunk_bits must be in [1, 6], got {self.chunk_bits}")
 
     @property
     def sum_width(self) -> int:
@@ -156,7 +167,10 @@ class CircuitSpec:
         return float(min(1.0, self.num_classes * self.num_holders * tail))
 
 
+@functools.lru_cache(maxsize=1)
 def _circuit_code_digest() -> str:
+    """Digest of the circuit code, read once per process: a long run keeps the key of the code
+    it imported even if the files change under it (no program cached under a wrong key)."""
     from pathlib import Path
 
     here = Path(__file__).parent
