@@ -84,13 +84,16 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     width = spec.difference_width
     chunk = spec.chunk_bits
     k = spec.num_classes
-    index_bits = int(2 * (k - 1)).bit_length()  # i_a − i_b + (K − 1) ∈ [0, 2K − 2]
-    # [left_wins]·u from one small table: the gate rides in the bit above u (u + 2^m·sign)
-    keep_chunk = fhe.LookupTable([u for u in range(2**chunk)] + [0] * 2**chunk)
-    keep_index = fhe.LookupTable([u - (k - 1) for u in range(2**index_bits)] + [0] * 2**index_bits)
+    index_bits = max(1, int(k - 1).bit_length())
+    # Every table input packs small values with small weights (extracted bits, the sign bit
+    # above them): large weights on PBS outputs amplify noise and force larger parameters.
+    # Tables output the chunk already shifted (2^start·u) for the same reason.
+    keep_chunk = {start: fhe.LookupTable([u << start for u in range(2**chunk)] + [0] * 2**chunk)
+                  for start in range(0, width - 1, chunk)}
+    pick_bit = fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])  # bit_a + 2·bit_b + 4·sign -> sign ? bit_b : bit_a
     values = class_sums
     positions = np.arange(k, dtype=np.int64)
-    index = None  # encrypted (B, m) indices once a round has been played; clear before
+    index = None  # list of index_bits encrypted (B, m) bit tensors once a round has been played
     while True:
         m = values.shape[1]
         half = m // 2
@@ -98,23 +101,30 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
         difference = values[:, left] - values[:, right]
         sign = fhe.bits(difference)[width - 1]  # 1 iff a < b: the right side wins
         if index is None:
-            winner_index = positions[left] + sign * (positions[right] - positions[left])
+            bits_left = [(positions[left] >> j) & 1 for j in range(index_bits)]
+            bits_right = [(positions[right] >> j) & 1 for j in range(index_bits)]
+            winner_index = [bl + sign * (br - bl) for bl, br in zip(bits_left, bits_right)]
         else:
-            offset = index[:, left] - index[:, right] + (k - 1)
-            winner_index = index[:, right] + keep_index[offset + sign * 2**index_bits]
+            winner_index = [pick_bit[bits[:, left] + 2 * bits[:, right] + 4 * sign] for bits in index]
         if m == 2:
-            return winner_index[:, 0]
+            label = winner_index[0] * 1
+            for j in range(1, index_bits):
+                label = label + winner_index[j] * 2**j
+            return label[:, 0]
         relu = None
         for start in range(0, width - 1, chunk):
             stop = min(start + chunk, width - 1)
-            part = keep_chunk[fhe.bits(difference)[start:stop] + sign * 2**chunk] * 2**start
+            part = keep_chunk[start][fhe.bits(difference)[start:stop] + sign * 2**chunk]
             relu = part if relu is None else relu + part
         winner_value = values[:, right] + relu
         if m % 2:
             last = values[:, [m - 1]]
             winner_value = np.concatenate((winner_value, last), axis=1)
-            last_index = index[:, [m - 1]] if index is not None else last * 0 + int(positions[m - 1])
-            winner_index = np.concatenate((winner_index, last_index), axis=1)
+            if index is None:
+                tail = [last * 0 + int((positions[m - 1] >> j) & 1) for j in range(index_bits)]
+            else:
+                tail = [bits[:, [m - 1]] for bits in index]
+            winner_index = [np.concatenate((w, t), axis=1) for w, t in zip(winner_index, tail)]
         values, index = winner_value, winner_index
 
 
