@@ -28,7 +28,6 @@ Tie rule: the lowest class index wins among equal maxima (``numpy.argmax``'s rul
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -167,15 +166,13 @@ class CircuitSpec:
         return float(min(1.0, self.num_classes * self.num_holders * tail))
 
 
-@functools.lru_cache(maxsize=1)
 def _circuit_code_digest() -> str:
-    """Digest of the circuit code, read once per process: a long run keeps the key of the code
-    it imported even if the files change under it (no program cached under a wrong key)."""
-    from pathlib import Path
+    """Digest of circuit.py and spec.py as they were when the circuit code was imported
+    (:data:`speed.crypto.circuit.CODE_DIGEST`): a long run keeps the key of the code it runs even
+    if the files change under it, so it never caches a program under the key of other code."""
+    from speed.crypto.circuit import CODE_DIGEST
 
-    here = Path(__file__).parent
-    code = b"".join((here / name).read_bytes() for name in ("circuit.py", "spec.py"))
-    return hashlib.sha256(code).hexdigest()[:16]
+    return CODE_DIGEST
 
 
 def reference_argmax(counts: np.ndarray) -> np.ndarray:
