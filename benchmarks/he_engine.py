@@ -1,17 +1,19 @@
 """Scaling table of the encrypted aggregation engine (issue 3).
 
     .venv/bin/python benchmarks/he_engine.py [--classes 2 10 100] [--holders 10 250 1000] [--queries 3]
+                                             [--argmax tournament all-pairs]
 
 Each configuration runs `speed bench he --json` in its own process with a time limit, so a
 configuration that cannot run here is reported with the measured reason (time limit,
 exit status, peak memory) instead of a guess.  Writes benchmarks/results/he_engine-<date>.json
-and .md (machine and date included).
+and .md (machine, date and the load average at the start included: run it on a quiet machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from speed.bench.he import machine  # noqa: E402
 
 COLUMNS = [
-    ("classes", "K"), ("holders", "N"), ("queries", "Q"), ("exact", "exact"),
+    ("argmax", "argmax"), ("classes", "K"), ("holders", "N"), ("queries", "Q"), ("exact", "exact"),
     ("median_server_s_per_query", "server s/query"), ("pbs_per_query", "PBS/query"),
     ("bytes_per_holder_per_query", "holder→server B/query"), ("pad_bytes_per_holder_per_query", "pad B/query"),
     ("evaluation_key_bytes", "eval keys B"), ("compile_s", "compile s"), ("keygen_s", "keygen s"),
@@ -30,17 +32,18 @@ COLUMNS = [
 ]
 
 
-def run_one(k: int, n: int, q: int, limit: int, cache: str) -> dict:
+def run_one(k: int, n: int, q: int, limit: int, cache: str, argmax: str = "tournament") -> dict:
     cmd = [sys.executable, "-m", "speed.cli.main", "bench", "he", "--json", "--classes", str(k),
-           "--holders", str(n), "--queries", str(q), "--cache-dir", cache]
+           "--holders", str(n), "--queries", str(q), "--cache-dir", cache, "--argmax", argmax]
     start = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
-        return {"classes": k, "holders": n, "queries": q, "status": f"did not finish in {limit} s (time limit)"}
+        return {"argmax": argmax, "classes": k, "holders": n, "queries": q,
+                "status": f"did not finish in {limit} s (time limit)"}
     if proc.returncode != 0:
         last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
-        return {"classes": k, "holders": n, "queries": q,
+        return {"argmax": argmax, "classes": k, "holders": n, "queries": q,
                 "status": f"exit {proc.returncode} after {time.time() - start:.0f} s: {last[0][:200]}"}
     result = json.loads(proc.stdout)
     result["status"] = "ok"
@@ -61,19 +64,23 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=3)
     ap.add_argument("--limit", type=int, default=600, help="seconds per configuration")
     ap.add_argument("--cache-dir", default=".speed-cache")
+    ap.add_argument("--argmax", nargs="+", choices=["tournament", "all-pairs"], default=["tournament"])
     args = ap.parse_args()
+    load_at_start = os.getloadavg()
     rows = []
-    for k in args.classes:
-        for n in args.holders:
-            print(f"K={k} N={n} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(k, n, args.queries, args.limit, args.cache_dir))
-            print("  ", rows[-1].get("status"), rows[-1].get("median_server_s_per_query"), file=sys.stderr)
+    for argmax in args.argmax:
+        for k in args.classes:
+            for n in args.holders:
+                print(f"{argmax} K={k} N={n} ...", file=sys.stderr, flush=True)
+                rows.append(run_one(k, n, args.queries, args.limit, args.cache_dir, argmax))
+                print("  ", rows[-1].get("status"), rows[-1].get("median_server_s_per_query"), file=sys.stderr)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    info = machine()
+    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
+    info = {**machine(), "load_average_at_start": load_at_start}
     (out / f"he_engine-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    lines = [f"Measured {info['date_utc']} on {info['processor']}, {info['cpus']} CPUs, {info['platform']}.", "",
+    lines = [f"Measured {info['date_utc']} on {info['processor']}, {info['cpus']} CPUs, {info['platform']}; "
+             f"load average at the start {load_at_start[0]:.2f}.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " | status |",
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in rows:
