@@ -1,6 +1,6 @@
 """Run `speed demo` with its defaults and save the JSON with the machine and date.
 
-    .venv/bin/python benchmarks/demo.py            # writes benchmarks/results/demo-<date>.json
+    .venv/bin/python benchmarks/demo.py [--cache-dir DIR]   # writes benchmarks/results/demo-<date>T<HHMM>.json
 
 Every demo number quoted in README.md / issue notes comes from such a file.
 """
@@ -37,7 +37,7 @@ def main() -> int:
         "wall_s": time.time() - start,
         "args": sys.argv[1:],
     }
-    path = out_dir / f"demo-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    path = out_dir / f"demo-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
     path.write_text(json.dumps(result, indent=2))
     print(path)
     return 0
