@@ -46,11 +46,12 @@ def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0
 
 
 def setup_parties(owner: ModelOwner, holders: list[DataHolder]) -> AggregationServer:
-    """Owner sends program + evaluation keys to the server and to every holder."""
+    """Owner sends program + evaluation keys to the server; holders get the program, and the
+    evaluation keys only in ``encode`` pad mode (seeded holders never use them)."""
     bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
     server = AggregationServer(bundle, keys)
     for holder in holders:
-        holder.connect(bundle, keys)
+        holder.connect(bundle, keys if bundle.pad_mode != "seeded" else None, keyset_id=keys.keyset_id)
     return server
 
 

@@ -29,7 +29,6 @@ import numpy as np
 from speed import messages
 from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import HolderPadKey, open_pad
-from speed.crypto.runtime import digest
 from speed.deploy.task import teacher_predictions
 from speed.errors import InputError
 from speed.holder import DataHolder
@@ -40,22 +39,9 @@ __all__ = ["HolderNode"]
 
 def connect_holder(holder: DataHolder, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys | None,
                    keyset_id: str) -> None:
-    """``holder.connect`` with the evaluation keys, or without them for a seeded-pad bundle.
-
-    In seeded mode ``DataHolder.connect`` uses the keys only to check them against their id;
-    a holder that never received them is connected with an empty stand-in (which passes
-    that check and is never used: seeded encryption is ``SeededLayout.add`` on the pad) and
-    then told the real keyset id, which every pad it is given must carry.
-    """
-    if keys is not None:
-        if keys.keyset_id != keyset_id:
-            raise InputError(f"evaluation keys of keyset {keys.keyset_id}, expected {keyset_id}")
-        holder.connect(bundle, keys)
-        return
-    if bundle.pad_mode != "seeded":
-        raise InputError(f"pad mode {bundle.pad_mode!r} needs the evaluation keys at the holder: resend them")
-    holder.connect(bundle, messages.EvaluationKeys(keyset_id=digest(b""), data=b""))
-    holder.keyset_id = keyset_id
+    """``holder.connect`` with the evaluation keys, or without them for a seeded-pad bundle
+    (a seeded holder only adds Δ·v to its pads' bodies; every pad must carry ``keyset_id``)."""
+    holder.connect(bundle, keys, keyset_id=keyset_id)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -59,12 +59,25 @@ class DataHolder:
         self.used_pad_ids: set[str] = set()
 
     # -- setup -----------------------------------------------------------------------
-    def connect(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys) -> None:
-        """Receive the compiled program and evaluation keys (once per run)."""
-        if digest(bundle.program) != bundle.program_id or digest(keys.data) != keys.keyset_id:
-            raise CiphertextError("program or evaluation keys do not match their ids (corrupted transfer)")
+    def connect(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys | None = None,
+                keyset_id: str | None = None) -> None:
+        """Receive the compiled program (and, for ``pad_mode="encode"``, the evaluation keys).
+
+        Seeded pads (the default) need no evaluation keys: the holder adds Δ·v to the pad's LWE
+        bodies, so it is connected with ``keyset_id`` alone (the id every pad must carry).
+        """
+        if digest(bundle.program) != bundle.program_id:
+            raise CiphertextError("program does not match its id (corrupted transfer)")
+        if keys is not None and digest(keys.data) != keys.keyset_id:
+            raise CiphertextError("evaluation keys do not match their id (corrupted transfer)")
+        if keys is not None and keyset_id is not None and keys.keyset_id != keyset_id:
+            raise InputError(f"evaluation keys of keyset {keys.keyset_id}, expected {keyset_id}")
+        if keys is None and bundle.pad_mode != "seeded":
+            raise InputError(f"pad mode {bundle.pad_mode!r} needs the evaluation keys at the holder")
+        if keys is None and keyset_id is None:
+            raise InputError("connect needs the evaluation keys or, in seeded pad mode, the keyset id")
         self.spec = CircuitSpec.from_dict(bundle.spec)
-        self.keyset_id = keys.keyset_id
+        self.keyset_id = keys.keyset_id if keys is not None else keyset_id
         self.pad_mode = bundle.pad_mode
         if self.pad_mode == "seeded":  # no program, no keys: Δ·v goes into the pad's bodies
             self._layout = SeededLayout.from_dict(bundle.pad_layout)
