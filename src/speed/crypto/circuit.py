@@ -79,22 +79,24 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     * the bits of d (two's complement) are extracted once, from the least significant up
       (w PBS, exact); the sign bit s = bit_{w−1}, and ``left_wins = 1 − s`` ⇔ a ≥ b, so ties
       go left: the lowest index among equal maxima wins, as :func:`reference_argmax`;
-    * the winner's sum is ``max(a, b) = b + relu(d)`` with ``relu(d) = Σ_c 2^{c·m}·[left_wins]·chunk_c``,
-      the chunks being m = ``chunk_bits`` bits of d's w − 1 low bits (one small two-input
-      table lookup per chunk: ⌈(w − 1)/m⌉ PBS);
-    * the winner's index is ``i_b + left_wins·(i_a − i_b)``: free in the first round (clear
-      indices), one small table lookup afterwards.
+    * the winner's sum is ``max(a, b) = b + relu(d)`` with ``relu(d) = Σ_c T_c[chunk_c + 2^m·s]``,
+      chunk_c being the c-th group of m = ``chunk_bits`` bits among d's w − 1 low bits and T_c a
+      table that outputs ``2^{c·m}·chunk_c`` when s = 0 and 0 otherwise (⌈(w − 1)/m⌉ PBS);
+    * the winner's index is carried as ⌈log2 K⌉ encrypted bits, ``s ? bit_b : bit_a`` (one
+      3-bit table per bit), free in the first round where the indices are clear; the label is
+      ``Σ_j 2^j·bit_j``.
 
-    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + 1 PBS each, against
+    Every table input packs extracted bits with small weights, and the tables output values
+    already shifted: large clear multipliers on bootstrap outputs amplify their noise, and
+    concrete then chooses larger parameters (measured: docs/he-engine.md).
+
+    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + ⌈log2 K⌉ PBS each, against
     K(K − 1)/2 sign tests of w − 1 PBS for the all-pairs layout.
     """
     width = spec.difference_width
     chunk = spec.chunk_bits
     k = spec.num_classes
     index_bits = max(1, int(k - 1).bit_length())
-    # Every table input packs small values with small weights (extracted bits, the sign bit
-    # above them): large weights on PBS outputs amplify noise and force larger parameters.
-    # Tables output the chunk already shifted (2^start·u) for the same reason.
     keep_chunk = {start: fhe.LookupTable([u << start for u in range(2**chunk)] + [0] * 2**chunk)
                   for start in range(0, width - 1, chunk)}
     pick_bit = fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])  # bit_a + 2·bit_b + 4·sign -> sign ? bit_b : bit_a
