@@ -13,7 +13,7 @@ is a valid input of ``aggregate``:
 
   - ``"tournament"`` (default, :func:`tournament_argmax`): K − 1 knockout matches in
     ⌈log2 K⌉ rounds; each extracts the bits of ``c_a − c_b`` once (sign and the chunks of
-    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  142 PBS per
+    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  146 PBS per
     query at K = 10, N = 250.
   - ``"all-pairs"`` (:func:`all_pairs_argmax`, SPEC §5 at depth 2): for every pair i < j,
     ``g_ij = [trunc(c_i − c_j, w − 2) ≥ 0]`` (truncation is a floor, so its sign is exactly
