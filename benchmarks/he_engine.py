@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from speed.bench.he import machine  # noqa: E402
+from speed.crypto.spec import ARGMAX_LAYOUTS  # noqa: E402
 
 COLUMNS = [
     ("argmax", "argmax"), ("classes", "K"), ("holders", "N"), ("queries", "Q"), ("exact", "exact"),
@@ -64,7 +65,7 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=3)
     ap.add_argument("--limit", type=int, default=600, help="seconds per configuration")
     ap.add_argument("--cache-dir", default=".speed-cache")
-    ap.add_argument("--argmax", nargs="+", choices=["tournament", "all-pairs"], default=["tournament"])
+    ap.add_argument("--argmax", nargs="+", choices=ARGMAX_LAYOUTS, default=[ARGMAX_LAYOUTS[0]])
     args = ap.parse_args()
     load_at_start = os.getloadavg()
     rows = []

@@ -59,7 +59,7 @@ def _pair_matrices(num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def all_pairs_argmax(spec: CircuitSpec, fhe, class_sums):
-    """Traced all-pairs argmax of class sums (B, K) -> (B,) label indices (steps 2–4 above)."""
+    """Traced all-pairs argmax of class sums (B, K) -> (B,) label indices (module docstring)."""
     first, second, tally, constant = _pair_matrices(spec.num_classes)
     differences = class_sums[:, first] - class_sums[:, second]
     truncated = fhe.truncate_bit_pattern(differences, lsbs_to_remove=spec.difference_width - 2)
@@ -116,7 +116,7 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
         else:
             winner_index = [pick_bit[bits[:, left] + 2 * bits[:, right] + 4 * sign] for bits in index]
         if m == 2:
-            label = winner_index[0] * 1
+            label = winner_index[0]
             for j in range(1, index_bits):
                 label = label + winner_index[j] * 2**j
             return label[:, 0]
