@@ -161,7 +161,11 @@ def run_local_cmd(args: argparse.Namespace) -> int:
     )
     if args.json_only:
         options.on_line = lambda line: None
-    result = run_local(options)
+    return _report(run_local(options))
+
+
+def _report(result: dict) -> int:
+    """Print a run's JSON summary; exit status 0 (completed), 130 (interrupted) or 1 (with the reason)."""
     print(dump_json(result))
     if result["status"] == "completed":
         return 0
@@ -177,12 +181,7 @@ def run_simulate_cmd(args: argparse.Namespace) -> int:
                                 timeout=args.timeout)
     if args.json_only:
         options.on_line = lambda line: None
-    result = run_simulation(options)
-    print(dump_json(result))
-    if result["status"] == "completed":
-        return 0
-    print(f"{result['status']}: {result['reason']}", file=sys.stderr)
-    return 130 if result["status"] == "interrupted" else 1
+    return _report(run_simulation(options))
 
 
 def run_app_cmd(args: argparse.Namespace) -> int:
