@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from speed.cli.main import main
-from speed.errors import SpeedError
+from speed.errors import InputError, SpeedError
 from speed.privacy.ledger import PrivacyLedger
 from speed.reproduce import ReproduceConfig, curve_queries, reproduce
 from speed.reproduce.store import LabelStore, StageCache
@@ -39,6 +39,22 @@ def test_state_key_ignores_accounting_only_settings():
     assert a.state_key() == b.state_key()  # labels do not depend on Q (prefix-stable) nor on τ
     assert a.state_key() != ReproduceConfig(gamma=2.0).resolved().state_key()
     assert a.state_key() != ReproduceConfig(teacher_steps=10).resolved().state_key()
+    assert a.state_key() != ReproduceConfig(model="mlp").resolved().state_key()  # other teachers, other labels
+
+
+def test_teacher_recipe_is_part_of_the_state(monkeypatch):
+    from speed.learning import train
+
+    a = ReproduceConfig(dataset="fashion-mnist").resolved()
+    key = a.state_key()
+    monkeypatch.setitem(train.TEACHER_CONFIG, "fashion-mnist",
+                        train.TrainConfig(steps=600, batch_size=64, lr=0.08, optimizer="sgd"))
+    assert a.state_key() != key  # a new default recipe never reuses labels of the old teachers
+
+
+def test_unknown_model_is_one_line_error():
+    with pytest.raises(InputError, match="unknown model 'resnet'"):
+        ReproduceConfig(model="resnet").resolved()
 
 
 def test_label_store_resume_and_torn_line(tmp_path):

@@ -45,8 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plaintext-check", action="store_true",
                    help="also compute the argmax in clear on the same noisy votes and report the agreement "
                         "with the decrypted labels (exit status 1 if it is not 100%%)")
+    p.add_argument("--model", default=None,
+                   help="network of the teachers, students and baseline (compact-cnn, digits-cnn, mlp, pate-mnist, "
+                        "pate-svhn; default per dataset: pate-mnist for mnist, SPEC §6; compact-cnn for "
+                        "fashion-mnist; digits-cnn for digits; pate-svhn for svhn)")
     p.add_argument("--teacher-steps", type=int, default=None,
-                   help="SGD steps per teacher (default per dataset: 5000 for MNIST-like, SPEC §6)")
+                   help="training steps per teacher (default per dataset: 5000 SGD steps for mnist, SPEC §6; "
+                        "600 Adam steps for fashion-mnist)")
     p.add_argument("--student-steps", type=int, default=None,
                    help="training steps of each student and of the baseline (default per dataset)")
     p.add_argument("--student-seeds", type=int, default=1, help="students per (method, Q), averaged (default 1)")
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, holders=args.holders,
         queries=tuple(args.queries or ()), taus=tuple(args.tau), gamma=args.gamma, delta=args.delta,
         resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
-        teacher_steps=args.teacher_steps, student_steps=args.student_steps, student_seeds=args.student_seeds,
+        model=args.model, teacher_steps=args.teacher_steps, student_steps=args.student_steps, student_seeds=args.student_seeds,
         curve_points=args.curve_points, methods=tuple(dict.fromkeys(args.students)),
         plaintext_check=args.plaintext_check, production_noise=args.production_noise, non_iid=args.non_iid,
         include_extra=False if args.no_extra else None, eval_points=args.eval_points, workers=args.workers,

@@ -82,7 +82,8 @@ class ReproduceConfig:
     resolution: int = 1
     batch_size: int = 10
     seed: int = 0
-    teacher_steps: int | None = None  # None: the dataset's TEACHER_CONFIG (SPEC §6 for MNIST-like)
+    model: str | None = None  # teachers, students and baseline; None: the dataset's default_model
+    teacher_steps: int | None = None  # None: the dataset's TEACHER_CONFIG (SPEC §6 for MNIST)
     student_steps: int | None = None  # None: the dataset's STUDENT_CONFIG (also for the baseline)
     student_seeds: int = 1
     curve_points: int | None = None  # extra prefixes Qmax/2, Qmax/4, ... for the accuracy curve
@@ -138,6 +139,11 @@ class ReproduceConfig:
         bad = [m for m in self.methods if m not in STUDENT_METHODS]
         if bad or not self.methods:
             raise InputError(f"student methods must be among {', '.join(STUDENT_METHODS)}, got {list(self.methods)}")
+        if self.model is not None:
+            from speed.learning import MODELS
+
+            if self.model not in MODELS:
+                raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.eval_points is not None and self.eval_points < 1:
             raise InputError(f"--eval-points must be >= 1, got {self.eval_points}")
 
@@ -162,11 +168,25 @@ class ReproduceConfig:
             cache_dir=self.cache_dir,
         )
 
+    def model_name(self) -> str:
+        """The network of the teachers, the students and the baseline."""
+        from speed.learning import default_model
+
+        return self.model or default_model(self.dataset)
+
+    def teacher_training(self):
+        """The teachers' :class:`speed.learning.TrainConfig` (the dataset's, with ``teacher_steps``)."""
+        from speed.learning import teacher_config
+
+        t_cfg = teacher_config(self.dataset)
+        return t_cfg if self.teacher_steps is None else replace(t_cfg, steps=int(self.teacher_steps))
+
     def state_key(self) -> str:
         """Identity of the labelling state: everything the labels depend on (not Q, not τ)."""
         key = {k: v for k, v in asdict(self).items() if k in (
             "dataset", "holders", "gamma", "resolution", "batch_size", "seed", "teacher_steps", "non_iid",
             "include_extra", "production_noise", "noise_failure", "global_p_error")}
+        key["teachers"] = {"model": self.model_name(), **asdict(self.teacher_training())}
         key["data_dir"] = str(Path(self.data_dir).resolve()) if self.data_dir else None
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-N{self.holders}-s{self.seed}-{digest}"
@@ -180,7 +200,7 @@ class ReproduceConfig:
             parts += ["--batch-size", str(self.batch_size)]
         if self.resolution != 1:
             parts += ["--resolution", str(self.resolution)]
-        for flag, value in (("--teacher-steps", self.teacher_steps), ("--student-steps", self.student_steps),
+        for flag, value in (("--model", self.model), ("--teacher-steps", self.teacher_steps), ("--student-steps", self.student_steps),
                             ("--non-iid", self.non_iid), ("--eval-points", self.eval_points),
                             ("--workers", self.workers), ("--device", self.device), ("--data-dir", self.data_dir)):
             if value is not None:
@@ -296,14 +316,12 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
     from speed.learning import (
         Queries,
         accuracy,
-        default_model,
         fit_student,
         load_dataset,
         make_splits,
         plurality,
         select_queries,
         student_config,
-        teacher_config,
         train_student,
         train_teachers,
         vote_counts,
@@ -336,18 +354,18 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
         raise InputError(f"{cfg.max_queries} queries exceed the public pool of {splits.pool_size} points")
     st.timed("load_data_s", t0)
 
-    t_cfg = teacher_config(dataset.name)
-    if cfg.teacher_steps is not None:
-        t_cfg = replace(t_cfg, steps=int(cfg.teacher_steps))
-    suffix = "" if cfg.teacher_steps is None else f"-steps{cfg.teacher_steps}"
+    model_name = cfg.model_name()
+    t_cfg = cfg.teacher_training()
+    suffix = "" if cfg.model is None else f"-{cfg.model}"
+    suffix += "" if cfg.teacher_steps is None else f"-steps{cfg.teacher_steps}"
     if cfg.non_iid is not None:
         suffix += f"-noniid{cfg.non_iid:g}"
     if cfg.dataset == "svhn" and cfg.include_extra:
         suffix += "-extra"
     ckpt = teacher_checkpoint_dir(cache, dataset.name, int(cfg.holders), cfg.seed, suffix)
-    say(f"teachers: {cfg.holders} × {default_model(dataset.name)}, {t_cfg.steps} steps each, checkpoints in {ckpt}")
+    say(f"teachers: {cfg.holders} × {model_name}, {t_cfg.steps} steps each, checkpoints in {ckpt}")
     t0 = time.perf_counter()
-    teachers = train_teachers(dataset, splits, config=t_cfg, seed=cfg.seed, checkpoint_dir=ckpt,
+    teachers = train_teachers(dataset, splits, model_name, config=t_cfg, seed=cfg.seed, checkpoint_dir=ckpt,
                               progress=progress, workers=cfg.workers, device=cfg.device)
     st.timed("teacher_training_s", t0)
     teacher_info = {
@@ -438,7 +456,6 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
     s_cfg = student_config(dataset.name)
     if cfg.student_steps is not None:
         s_cfg = replace(s_cfg, steps=int(cfg.student_steps))
-    model_name = default_model(dataset.name)
     t0 = time.perf_counter()
     base_key = "baseline-" + hashlib.sha256(json.dumps(
         {"model": model_name, "config": asdict(s_cfg), "seed": cfg.seed, "eval": len(test_y)},
@@ -475,12 +492,14 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
             accs, secs = [], []
             for s in range(cfg.student_seeds):
                 skey = (f"student-{method}-q{q}-seed{s}-{label_digest}-"
-                        + hashlib.sha256(json.dumps(asdict(s_cfg), sort_keys=True).encode()).hexdigest()[:8])
+                        + hashlib.sha256(json.dumps({"model": model_name, **asdict(s_cfg)},
+                                                    sort_keys=True).encode()).hexdigest()[:8])
                 res = stages.get(skey)
                 if res is None:
                     say(f"student {method}, {q} labelled queries, seed {s}")
                     start = time.perf_counter()
-                    student = fit_student(labelled, method=method, config=s_cfg, seed=1000 * cfg.seed + s,
+                    student = fit_student(labelled, method=method, model_name=model_name, config=s_cfg,
+                                          seed=1000 * cfg.seed + s,
                                           device=cfg.device)
                     res = {"accuracy": accuracy(student, test_x, test_y), "seconds": time.perf_counter() - start}
                     stages.put(skey, res)
