@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from speed.bench.he import machine  # noqa: E402
+from speed.machine import machine  # noqa: E402
 from speed.crypto.spec import ARGMAX_LAYOUTS  # noqa: E402
 
 COLUMNS = [
@@ -80,7 +80,7 @@ def main() -> int:
     stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     info = {**machine(), "load_average_at_start": load_at_start}
     (out / f"he_engine-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    lines = [f"Measured {info['date_utc']} on {info['processor']}, {info['cpus']} CPUs, {info['platform']}; "
+    lines = [f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs, {info['platform']}; "
              f"load average at the start {load_at_start[0]:.2f}.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " | status |",
              "|" + "---|" * (len(COLUMNS) + 1)]

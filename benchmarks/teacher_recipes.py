@@ -18,12 +18,13 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from speed.machine import machine
 
 #: name -> (model, TrainConfig fields)
 RECIPES: dict[str, tuple[str, dict]] = {
@@ -87,11 +88,9 @@ def main() -> int:
     for s in summary:
         print(f"{s['recipe']:24s} {s['accuracy_mean']:9.3f} {s['seconds_mean']:10.1f} "
               f"{s['hours_for_all_holders_2_workers']:20.2f}")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     out = {"dataset": a.dataset, "holders": a.holders, "shards": a.shards, "eval_points": a.eval_points,
            "summary": summary, "rows": rows,
-           "machine": {"platform": platform.platform(), "cpu_model": cpu, "cpus": os.cpu_count(),
-                       "load_average_at_start": load, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+           "machine": {**machine(), "load_average_at_start": load}}
     path = Path(__file__).parent / "results" / "teachers" / \
         f"teacher_recipes-{a.dataset}-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,14 @@ def test_unknown_argmax_layout_is_refused():
 
     with pytest.raises(InputError, match="argmax must be one of"):
         CircuitSpec(num_holders=3, num_classes=4, noise_bound=2, argmax="bubble")
+
+
+def test_batch_error_budget_is_per_query():
+    """A call of B queries is compiled for 1 − (1 − p)^B, so each query keeps failure probability p."""
+    one = CircuitSpec(num_holders=4, num_classes=3, noise_bound=2, batch_size=1, global_p_error=1e-9)
+    ten = CircuitSpec(num_holders=4, num_classes=3, noise_bound=2, batch_size=10, global_p_error=1e-9)
+    assert one.call_p_error == pytest.approx(1e-9, rel=1e-12)
+    assert ten.call_p_error == pytest.approx(1 - (1 - 1e-9) ** 10, rel=1e-9)
+    assert ten.call_p_error < 10 * 1e-9
+    assert ten.per_query_p_error(ten.call_p_error) == pytest.approx(1e-9, rel=1e-9)
+    assert ten.per_query_p_error(1e-8) < 1e-8 / 10 * (1 + 1e-8)

@@ -165,6 +165,14 @@ def test_bad_votes_and_shapes(small_parties):
         server.aggregate(batch, [])
 
 
+def test_compiled_batch_keeps_the_per_query_error(small_owner, small_spec):
+    """The compiled call of B = 2 queries has each query's PBS failure probability ≤ the spec's,
+    and its per-call budget is larger than the per-query one (not B times stricter)."""
+    assert small_spec.batch_size > 1
+    assert 0 < small_owner.query_p_error() <= small_spec.global_p_error * (1 + 1e-9)
+    assert small_owner._server_program.global_p_error > small_spec.global_p_error
+
+
 def test_spec_rejects_out_of_range():
     with pytest.raises(InputError, match="classes"):
         CircuitSpec(num_holders=3, num_classes=1, noise_bound=1)

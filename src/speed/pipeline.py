@@ -40,7 +40,7 @@ class RunConfig:
     resolution: int = 1  # P lattice steps per vote
     batch_size: int = 10  # queries per circuit call
     noise_failure: float = 1e-12  # per-query probability that noise leaves the compiled range
-    global_p_error: float = 1e-9  # concrete: probability that any PBS of one call is wrong
+    global_p_error: float = 1e-9  # probability that a PBS behind one query's label is wrong
     seed: int = 0
     production_noise: bool = False  # True: OS CSPRNG; False: seeded per-holder streams
     student_method: str = "supervised"
@@ -176,6 +176,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
             "difference_width_bits": spec.difference_width,
             "pbs_per_call": owner.pbs_count(),
             "p_error_per_pbs": owner.p_error(),
+            "p_error_per_query": owner.query_p_error(),
             "security_bits": spec.security_level,
         },
         "accuracy": {

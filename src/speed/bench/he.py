@@ -3,8 +3,6 @@ query, bytes, exactness against numpy on the same noisy votes (real TFHE executi
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -15,19 +13,10 @@ import numpy as np
 from speed.crypto.circuit import server_program_path
 from speed.crypto.spec import CircuitSpec, choose_noise_bound
 from speed.holder import DataHolder
+from speed.machine import machine
 from speed.owner.owner import ModelOwner
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, agreement: float) -> np.ndarray:
@@ -108,7 +97,8 @@ def run(
         "pbs_count": owner.pbs_count(),
         "pbs_per_query": owner.pbs_count() / batch_size,
         "p_error": owner.p_error(),
-        "global_p_error": float(srv.global_p_error),
+        "global_p_error": float(srv.global_p_error),  # per call of batch_size queries
+        "global_p_error_per_query": owner.query_p_error(),
         "security_bits": spec.security_level,
         "noise_bound": bound,
         "difference_width_bits": spec.difference_width,

@@ -22,8 +22,8 @@ is a valid input of ``aggregate``:
     query at K = 10, N = 250.
 
 Parameters: concrete's optimizer at ``security_level`` (128-bit default, concrete's own
-parameter tables) and ``global_p_error`` (probability that any PBS of one circuit call is
-wrong).  The measured trade-offs (time, key sizes) are in docs/he-engine.md.
+parameter tables) and ``global_p_error`` per query (a call of B queries is compiled for
+``CircuitSpec.call_p_error`` = 1 − (1 − p)^B: every query keeps failure probability p).  The measured trade-offs (time, key sizes) are in docs/he-engine.md.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def configuration(spec: CircuitSpec, simulate: bool = False):
     return fhe.Configuration(
         compress_evaluation_keys=True,
         compress_input_ciphertexts=True,
-        global_p_error=spec.global_p_error,
+        global_p_error=spec.call_p_error,
         security_level=fhe.compilation.configuration.SecurityLevel(spec.security_level),
         fhe_simulation=simulate,
         fhe_execution=not simulate,

@@ -86,7 +86,7 @@ class CircuitSpec:
     noise_bound: int
     resolution: int = 1
     batch_size: int = 1
-    global_p_error: float = 1e-9
+    global_p_error: float = 1e-9  # per QUERY: probability that a PBS behind one query's label is wrong
     security_level: int = 128
     argmax: str = "tournament"  # "tournament" (K − 1 matches) or "all-pairs" (K(K − 1)/2 sign tests)
     chunk_bits: int = 3  # tournament: bits per table lookup when selecting the larger sum
@@ -154,6 +154,21 @@ class CircuitSpec:
         payload = json.dumps({"code": _circuit_code_digest(), **self.to_dict()}, sort_keys=True).encode()
         digest = hashlib.sha256(payload).hexdigest()[:16]
         return f"K{self.num_classes}-N{self.num_holders}-P{self.resolution}-A{self.noise_bound}-B{self.batch_size}-{digest}"
+
+    @property
+    def call_p_error(self) -> float:
+        """concrete's ``global_p_error`` for one call of B queries: ``1 − (1 − p)^B``, p = global_p_error.
+
+        The B queries of a call are B identical, independent rows of bootstraps (no bootstrap mixes
+        two queries), so if the call fails with probability ``1 − (1 − p)^B`` each query's label is
+        wrong with probability p (:func:`per_query_p_error`).  Budgeting the whole call at p instead
+        would force B times smaller per-bootstrap errors and larger parameters.
+        """
+        return float(-math.expm1(self.batch_size * math.log1p(-self.global_p_error)))
+
+    def per_query_p_error(self, call_p_error: float) -> float:
+        """Per-query PBS failure probability of a compiled call whose ``global_p_error`` is ``call_p_error``."""
+        return float(-math.expm1(math.log1p(-call_p_error) / self.batch_size))
 
     def histogram_failure_probability(self, scale: float) -> float:
         """Per query: total noise outside [−A, A] or a PBS error (post-processing: enlarges q)."""

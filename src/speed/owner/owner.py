@@ -62,5 +62,10 @@ class ModelOwner:
         return int(self._server_program.programmable_bootstrap_count("aggregate"))
 
     def p_error(self) -> float:
-        """concrete's error probability of one PBS, and of the whole circuit: global_p_error."""
+        """concrete's error probability of one PBS (its reported ``p_error``)."""
         return float(self._server_program.p_error)
+
+    def query_p_error(self) -> float:
+        """Probability that a PBS behind one query's label is wrong, from the compiled call's
+        ``global_p_error`` (``CircuitSpec.per_query_p_error``); at most ``spec.global_p_error``."""
+        return self.spec.per_query_p_error(float(self._server_program.global_p_error))

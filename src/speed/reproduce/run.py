@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -239,31 +238,15 @@ def machine_info() -> dict[str, Any]:
     """Where and when: platform, CPU count, load, library versions, git commit."""
     import torch
 
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    from speed.machine import machine
+
+    info = machine()
+    info["torch"] = torch.__version__
     try:
         from importlib.metadata import version
 
         info["concrete_python"] = version("concrete-python")
     except Exception:  # pragma: no cover
-        pass
-    try:
-        info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover
         pass
     try:
         root = Path(__file__).resolve().parents[3]
