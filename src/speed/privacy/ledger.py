@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
+from speed.fsutil import fsync_dir
 from speed.privacy import accountant as _acc
 
 __all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
@@ -222,19 +223,6 @@ def _crc(obj: dict[str, Any]) -> int:
     return zlib.crc32(body.encode("ascii"))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platform without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 class PrivacyLedger:
     """Append-only, fsync-ed JSON-lines ledger of answered queries, with a budget guard.
 
@@ -294,7 +282,7 @@ class PrivacyLedger:
             raise SpeedError(f"privacy ledger {self.path} is in use by another process") from None
         self._fd = fd
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         try:
             size = os.fstat(fd).st_size
             data = os.pread(fd, size, 0) if size else b""
