@@ -35,6 +35,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                                  schedule="cosine")),
     "compact-adam-aug-600": ("compact-cnn", dict(steps=600, batch_size=64, lr=1e-3, optimizer="adam", augment=True,
                                                  schedule="cosine")),
+    "compact-adam-aug-flip-600": ("compact-cnn", dict(steps=600, batch_size=64, lr=1e-3, optimizer="adam",
+                                                      augment=True, schedule="cosine", flip=True)),
     "compact-adam-aug-1200": ("compact-cnn", dict(steps=1200, batch_size=64, lr=1e-3, optimizer="adam",
                                                   augment=True, schedule="cosine")),
 }

@@ -257,7 +257,8 @@ def test_fit_student_trains_on_exactly_the_queried_points(digits_splits, monkeyp
 
 
 @pytest.mark.parametrize("name,shape", [("digits-cnn", (1, 8, 8)), ("mlp", (1, 8, 8)),
-                                        ("pate-mnist", (1, 28, 28)), ("pate-svhn", (3, 32, 32))])
+                                        ("compact-cnn", (1, 28, 28)), ("pate-mnist", (1, 28, 28)),
+                                        ("pate-svhn", (3, 32, 32))])
 def test_models_build_and_output_logits(name, shape):
     m = build_model(name, shape, 10, seed=0)
     assert m(torch.zeros(2, *shape)).shape == (2, 10)
@@ -287,6 +288,22 @@ def test_fast_lrn_matches_torch():
 
 
 # ----------------------------------------------------------------------- training
+
+
+def test_random_flip_mirrors_about_half_and_flip_off_draws_nothing_more():
+    x = torch.rand(400, 1, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    out = train_mod.random_flip(x, gen)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # every image is itself or its mirror
+    assert 150 < int(mirrored.sum()) < 250
+    # without flip, weak augmentation is exactly the shift it always was (teachers stay reproducible)
+    a = train_mod.weak_augment(x, torch.Generator().manual_seed(1))
+    b = train_mod.random_shift(x, train_mod._max_shift(6), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    flipped = train_mod.weak_augment(x, torch.Generator().manual_seed(1), flip=True)
+    assert not torch.equal(flipped, a)
 
 
 def test_votes_and_counts():

@@ -42,6 +42,9 @@ from speed.errors import DatasetMissingError, InputError
 
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "svhn", "cifar10")
 DEFAULT_DATASET = "digits"
+#: Datasets whose classes a left-right mirror keeps (clothes, objects), where students may be
+#: trained with random flips; never digits.
+MIRROR_INVARIANT = frozenset({"fashion-mnist", "cifar10"})
 
 #: Where Debian's ``dataset-fashion-mnist`` puts its IDX files.
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)

@@ -146,16 +146,30 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return torch.gather(out, 3, idx_c)
 
 
-def weak_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return random_shift(x, _max_shift(x.shape[2]), gen)
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (for classes that a mirror keeps:
+    clothes, objects; never digits)."""
+    if len(x) == 0:
+        return x
+    flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def strong_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Larger shift, brightness/contrast jitter, Gaussian noise and a cutout square."""
+def weak_augment(x: torch.Tensor, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Random shift of up to max(1, H // 14) pixels, and a random mirror with ``flip``."""
+    x = random_shift(x, _max_shift(x.shape[2]), gen)
+    return random_flip(x, gen) if flip else x
+
+
+def strong_augment(x: torch.Tensor, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Larger shift (and a random mirror with ``flip``), brightness/contrast jitter, Gaussian
+    noise and a cutout square."""
     n, _, h, w = x.shape
     if n == 0:
         return x
     x = random_shift(x, 2 * _max_shift(h), gen)
+    if flip:
+        x = random_flip(x, gen)
     dev = x.device
     contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen, device=dev)
     brightness = 0.2 * (torch.rand(n, 1, 1, 1, generator=gen, device=dev) - 0.5)
@@ -206,21 +220,21 @@ def _check_xy(x: np.ndarray, y: np.ndarray) -> None:
 
 def train_model(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: float,
                 seed: int = 0, *, optimizer: str = "adam", momentum: float = 0.0, weight_decay: float = 0.0,
-                augment: bool = False, schedule: str = "constant",
+                augment: bool = False, schedule: str = "constant", flip: bool = False,
                 device: str | torch.device | None = None) -> nn.Module:
     """Train ``model`` in place with cross-entropy for ``steps`` minibatch steps.
 
-    Returns the model in eval mode on the CPU.  ``device`` (e.g. ``"cuda"``) only
-    changes where the computation runs.
+    Returns the model in eval mode on the CPU.  ``flip`` adds random left-right mirrors to the
+    augmentation.  ``device`` (e.g. ``"cuda"``) only changes where the computation runs.
     """
     cfg = TrainConfig(steps, batch_size, lr, optimizer, momentum, weight_decay, augment, schedule)
-    return _train(model, x, y, cfg, seed, device=device)
+    return _train(model, x, y, cfg, seed, flip=flip, device=device)
 
 
 def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: int, *,
            x_unlabelled: np.ndarray | None = None, threshold: float = 0.95, unlabelled_ratio: int = 3,
            unlabelled_weight: float = 1.0, rampup: float = 0.2, ema: float | None = None,
-           device: str | torch.device | None = None) -> nn.Module:
+           flip: bool = False, device: str | torch.device | None = None) -> nn.Module:
     _check_xy(x, y)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
@@ -245,15 +259,15 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, see
             ib = torch.as_tensor(idx, device=dev)
             xb = xt[ib]
             if cfg.augment:
-                xb = weak_augment(xb, gen)
+                xb = weak_augment(xb, gen, flip)
             loss = F.cross_entropy(model(xb), yt[ib])
             if semi:
                 ub = ut[torch.as_tensor(next(u_batches), device=dev)]
                 with torch.no_grad():
-                    probs = F.softmax(model(weak_augment(ub, gen)), dim=1)
+                    probs = F.softmax(model(weak_augment(ub, gen, flip)), dim=1)
                     conf, pseudo = probs.max(dim=1)
                     mask = (conf >= threshold).to(xb.dtype)
-                u_loss = (F.cross_entropy(model(strong_augment(ub, gen)), pseudo, reduction="none") * mask).mean()
+                u_loss = (F.cross_entropy(model(strong_augment(ub, gen, flip)), pseudo, reduction="none") * mask).mean()
                 ramp = min(1.0, (step + 1) / max(1.0, rampup * cfg.steps))
                 loss = loss + unlabelled_weight * ramp * u_loss
             opt.zero_grad(set_to_none=True)
@@ -540,14 +554,15 @@ def train_student(x_labelled: np.ndarray, y_labelled: np.ndarray, *, num_classes
                   model_name: str = "digits-cnn", config: TrainConfig | None = None, seed: int = 0,
                   x_unlabelled: np.ndarray | None = None, method: str = "supervised",
                   threshold: float = 0.7, unlabelled_ratio: int = 3, unlabelled_weight: float = 1.0,
-                  rampup: float = 0.2, ema: float | None = 0.99, num_threads: int | None = None,
-                  device: str | torch.device | None = None) -> nn.Module:
+                  rampup: float = 0.2, ema: float | None = 0.99, flip: bool = False,
+                  num_threads: int | None = None, device: str | torch.device | None = None) -> nn.Module:
     """Train the student on labelled queries (and, semi-supervised, on unlabelled pool points).
 
     ``method="supervised"``: cross-entropy on ``(x_labelled, y_labelled)``.
     ``method="semi-supervised"``: FixMatch-lite (module docstring) with ``x_unlabelled``
     (the labelled images are added to it, as in FixMatch).  ``config`` defaults to
-    :data:`STUDENT_CONFIG` ``["digits"]``-like settings for the model.
+    :data:`STUDENT_CONFIG` ``["digits"]``-like settings for the model.  ``flip`` adds random
+    left-right mirrors to both augmentations (``speed.learning.datasets.MIRROR_INVARIANT``).
     """
     if method not in STUDENT_METHODS:
         raise InputError(f"method must be one of {', '.join(STUDENT_METHODS)}, got {method!r}")
@@ -571,7 +586,7 @@ def train_student(x_labelled: np.ndarray, y_labelled: np.ndarray, *, num_classes
     with torch_threads(num_threads):
         return _train(model, x_labelled, y_labelled, cfg, derive_seed(seed, 11), x_unlabelled=x_u,
                       threshold=threshold, unlabelled_ratio=unlabelled_ratio,
-                      unlabelled_weight=unlabelled_weight, rampup=rampup, ema=ema, device=device)
+                      unlabelled_weight=unlabelled_weight, rampup=rampup, ema=ema, flip=flip, device=device)
 
 
 def fit_student(labelled: LabelledQueries, *, method: str = "supervised", model_name: str | None = None,

@@ -1,0 +1,136 @@
+"""Where the aggregation server's time goes (issue 3): cores, batching, input handling, parameters.
+
+    .venv/bin/python benchmarks/he_profile.py [--holders 250] [--classes 10] [--calls 4]
+
+Each measurement runs in its own process (compile, keygen, one warm-up call, then ``--calls``
+timed calls of the ``aggregate`` function on random in-range votes):
+
+* ``tournament B=1``: the default circuit, both CPUs, and again under ``taskset -c 0``;
+* ``tournament B=10``: ten queries per call (per-query error budget, ``CircuitSpec.call_p_error``);
+* ``sums only``: the same 250 inputs summed with no argmax: the cost of taking the holders'
+  ciphertexts in (argument conversion, seed expansion, additions), a floor for any argmax.
+
+Also records concrete's parameter choice for the default circuit (bootstraps per parameter set,
+optimizer complexity).  Writes ``benchmarks/results/he_profile-<date>T<HHMM>.json`` and ``.md``;
+run it on a quiet machine (the load average at the start is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def measure(variant: str, holders: int, classes: int, batch: int, calls: int) -> dict:
+    """Compile ``variant`` and time its calls (runs in a child process)."""
+    import numpy as np
+    from concrete import fhe
+
+    from speed.crypto import circuit
+    from speed.crypto.spec import CircuitSpec, choose_noise_bound
+
+    bound = choose_noise_bound(holders, classes, 1 / 3.3, 1, 1e-12)
+    spec = CircuitSpec(num_holders=holders, num_classes=classes, noise_bound=bound, batch_size=batch)
+    if variant == "sums-only":
+        circuit.argmax_from_sums = lambda spec, fhe, sums: sums[:, 0] - sums[:, 1]
+    start = time.perf_counter()
+    module = circuit.build_module(spec).compile(circuit.inputsets(spec), circuit.configuration(spec))
+    compile_s = time.perf_counter() - start
+    module.keygen()
+    rng = np.random.default_rng(0)
+    votes = np.eye(classes, dtype=np.int64)[rng.integers(0, classes, size=(holders, batch))]
+    votes[0] += rng.integers(-bound, bound + 1, size=(batch, classes))
+    blobs = [v.serialize() for v in module.aggregate.encrypt(*votes)]
+    seconds = []
+    for _ in range(calls + 1):
+        values = [fhe.Value.deserialize(b) for b in blobs]
+        t0 = time.perf_counter()
+        out = module.aggregate.run(*values)
+        seconds.append(time.perf_counter() - t0)
+    got = np.atleast_1d(module.aggregate.decrypt(out))
+    sums = votes.sum(axis=0)
+    expected = sums[:, 0] - sums[:, 1] if variant == "sums-only" else np.argmax(sums, axis=1)
+    stats = module.aggregate.statistics
+    fields = ("polynomial_size", "glwe_dimension", "input_lwe_dimension", "level", "base_log")
+    per_param = [{"count": int(n), **{f: int(getattr(p, f)()) for f in fields}}
+                 for p, n in stats.get("programmable_bootstrap_count_per_parameter", {}).items()]
+    return {
+        "variant": variant, "holders": holders, "classes": classes, "batch_size": batch,
+        "cpus_allowed": sorted(os.sched_getaffinity(0)), "compile_s": compile_s,
+        "first_call_s": seconds[0], "calls_s": seconds[1:],
+        "median_call_s": float(np.median(seconds[1:])), "median_s_per_query": float(np.median(seconds[1:])) / batch,
+        "correct": bool(np.array_equal(got, expected)), "complexity": float(module.complexity),
+        "pbs_per_call": int(stats.get("programmable_bootstrap_count", 0)), "pbs_per_parameter": per_param,
+        "global_p_error_per_call": float(module.server.global_p_error),
+    }
+
+
+def child(variant: str, holders: int, classes: int, batch: int, calls: int, cpus: str | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--holders", str(holders), "--classes", str(classes),
+           "--batch", str(batch), "--calls", str(calls)]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"variant": variant, "batch_size": batch, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--holders", type=int, default=250)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(measure(a.child, a.holders, a.classes, a.batch, a.calls)))
+        return 0
+
+    from speed.machine import machine
+
+    info = machine()
+    plan = [("tournament", 1, None), ("tournament", 1, "0"), ("tournament", 10, None), ("sums-only", 1, None)]
+    rows = []
+    for variant, batch, cpus in plan:
+        print(f"{variant} B={batch} cpus={cpus or 'all'} ...", file=sys.stderr, flush=True)
+        calls = a.calls if batch == 1 else max(2, a.calls // 2)
+        rows.append(child(variant, a.holders, a.classes, batch, calls, cpus))
+        print("  ", {k: rows[-1].get(k) for k in ("median_s_per_query", "first_call_s", "correct", "error")},
+              file=sys.stderr, flush=True)
+    out = Path(__file__).parent / "results"
+    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
+    (out / f"he_profile-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    lines = [f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs; "
+             f"load average at the start {info.get('load_average_1_5_15', ['?'])[0]}. "
+             f"K = {a.classes}, N = {a.holders}.", "",
+             "| circuit | queries per call | CPUs | s per query (median) | first call s | PBS per call | "
+             "optimizer complexity | correct |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['batch_size']} | | failed: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {len(r['cpus_allowed'])} | "
+                     f"{r['median_s_per_query']:.3f} | {r['first_call_s']:.2f} | {r['pbs_per_call']} | "
+                     f"{r['complexity']:.3g} | {r['correct']} |")
+    default = rows[0]
+    if "pbs_per_parameter" in default:
+        lines += ["", "Bootstraps of the default circuit per parameter set:", "",
+                  "| PBS | polynomial size | GLWE dimension | LWE dimension | level | base log |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['count']} | {p['polynomial_size']} | {p['glwe_dimension']} | {p['input_lwe_dimension']} | "
+                  f"{p['level']} | {p['base_log']} |" for p in default["pbs_per_parameter"]]
+    (out / f"he_profile-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
