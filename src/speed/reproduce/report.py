@@ -128,6 +128,19 @@ def plot_epsilon(result: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------------------- markdown
 
 
+def _baseline_gap(r: dict[str, Any]) -> str:
+    """One sentence per student method: its distance to the non-private baseline at the largest Q."""
+    curve = r["accuracy_curve"]
+    if not curve:
+        return ""
+    last, base = curve[-1], r["baseline"]["accuracy"]
+    parts = [f"{m} {_pct(last[m]['mean'])} ({100 * (base - last[m]['mean']):.1f} points below)"
+             for m in r["settings"]["methods"]]
+    return (f"**Students against the non-private baseline** ({_pct(base)}, one model trained on all "
+            f"{r['baseline']['training_images']} training images with the student's architecture and steps) "
+            f"at Q = {last['queries']}: " + "; ".join(parts) + ".\n")
+
+
 def markdown(r: dict[str, Any]) -> str:
     s, t, m = r["settings"], r["teachers"], r["machine"]
     lab, chk, times = r["labelling"], r["plaintext_check"], r["times"]
@@ -170,6 +183,8 @@ def markdown(r: dict[str, Any]) -> str:
       "The data-dependent ε is driven by the few queries with a small vote gap (plurality minus runner-up, "
       f"next table): at a per-query ε of 2γ = {2 * s['gamma']:g} (τ = 1) even q ≈ 1e-3 for one query costs "
       f"several units of ε, and ln(1/δ) = {math.log(1 / s['delta']):.1f} must be spread over low moment orders.\n")
+
+    w(_baseline_gap(r))
 
     w("## Accuracy vs number of queries\n")
     w(f"![accuracy vs queries]({ACCURACY_PNG})\n")
@@ -229,13 +244,14 @@ def markdown(r: dict[str, Any]) -> str:
     c = lab["circuit"]
     w(f"- circuit: K = {c['num_classes']}, N = {c['num_holders']}, noise bound A = {c['noise_bound']} lattice "
       f"steps, P = {c['resolution']}, batch {c['batch_size']}, difference width {c['difference_width_bits']} "
-      f"bits, {c['security_bits']}-bit security, global p_error {c['global_p_error']:g}")
+      f"bits, {c['security_bits']}-bit security, PBS failure probability per query ≤ {c['global_p_error']:g}")
     b = lab.get("bytes") or {}
     if b:
         w(f"- bytes: holder → server {b.get('holder_to_server_bytes_per_query', 0):.0f} B/query/holder, "
           f"owner → holder pads {b.get('owner_to_holder_pad_bytes_per_query', 0):.0f} B/query/holder, "
           f"server → owner {b.get('server_to_owner_bytes_per_query', 0):.0f} B/query, evaluation keys "
-          f"{b.get('evaluation_key_bytes', 0) / 2**20:.1f} MiB (sent once to the server and each holder)")
+          f"{b.get('evaluation_key_bytes', 0) / 2**20:.1f} MiB (sent once to the server; holders receive them "
+          "only in `encode` pad mode)")
     if chk.get("requested"):
         w(f"- plaintext check: HE labels = clear noisy argmax of the same noisy votes for "
           f"{_pct(chk['he_vs_plaintext_noisy_argmax_agreement'])} of the queries "
