@@ -162,7 +162,9 @@ class CircuitSpec:
         The B queries of a call are B identical, independent rows of bootstraps (no bootstrap mixes
         two queries), so if the call fails with probability ``1 − (1 − p)^B`` each query's label is
         wrong with probability p (:func:`per_query_p_error`).  Budgeting the whole call at p instead
-        would force B times smaller per-bootstrap errors and larger parameters.
+        would make each query's failure probability about p / B, paid for by the whole call (at
+        K = 10, N = 250, B = 10 concrete picks the same parameters under both budgets:
+        ``benchmarks/results/he_variants-2026-11-30T0957.md``).
         """
         return float(-math.expm1(self.batch_size * math.log1p(-self.global_p_error)))
 
