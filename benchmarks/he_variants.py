@@ -87,10 +87,10 @@ def main() -> int:
     out = Path(__file__).parent / "results"
     stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     (out / f"he_variants-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    lines = [f"Compiled {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs "
-             f"(load average {info.get('load_average_1_5_15')}); K = 10.", "",
-             "| variant | N | optimizer complexity | PBS | PBS per parameter set (count × poly size/GLWE dim/level) | "
-             "bootstrap keys | keyswitch keys | compile s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [(f"Compiled {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs "
+              f"(load average {info.get('load_average_1_5_15')}); K = 10."), "",
+             ("| variant | N | optimizer complexity | PBS | PBS per parameter set (count × poly size/GLWE dim/level) | "
+              "bootstrap keys | keyswitch keys | compile s |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "status" in r:
             lines.append(f"| {r['variant']} | | {r['status']} | | | | | |")
