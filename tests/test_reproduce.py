@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ from speed.errors import InputError, SpeedError
 from speed.privacy.ledger import PrivacyLedger
 from speed.reproduce import ReproduceConfig, curve_queries, reproduce
 from speed.reproduce.store import LabelStore, StageCache
-
 
 # ------------------------------------------------------------------------------ fast
 
@@ -127,6 +127,8 @@ def test_reproduce_digits_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "ε data-indep. (publishable)" in report and "non-private baseline" in report
     assert json.loads((out / "results.json").read_text())["table"][0]["queries"] == 4
     ledger_path = r1["privacy"]["ledger"]["path"]
+    # the ledger's ε is never quoted without its δ_total
+    assert re.search(r"running data-independent ε = \S+ with δ_total (≥ 1 \(vacuous\)|= \S+) ", report)
 
     from speed.reproduce import store as store_mod
 

@@ -30,6 +30,12 @@ def _delta(x: Any) -> str:
     return "≥ 1 (vacuous)" if x is not None and float(x) >= 1 else _num(x, 3)
 
 
+def _delta_phrase(x: Any) -> str:
+    """``≥ 1 (vacuous)`` or ``= 1.00e-05``: a δ_total that follows its name in a sentence."""
+    d = _delta(x)
+    return d if d.startswith("≥") else f"= {d}"
+
+
 def _secs(x: Any) -> str:
     if x is None:
         return "–"
@@ -264,7 +270,9 @@ def markdown(r: dict[str, Any]) -> str:
     if led:
         w(f"- privacy ledger `{led['path']}`: {led['charged_queries']} charged queries at τ = "
           f"{r['privacy']['ledger_tau']:g} (the most pessimistic τ studied), running data-independent "
-          f"ε = {_num(led.get('epsilon'))}")
+          f"ε = {_num(led.get('epsilon'))} with δ_total {_delta_phrase(led.get('delta_total'))} (the ledger "
+          "charges the exact-argmax bound and folds the circuit's failure probability into δ; the table "
+          "above reports, per row, the smaller ε among the two bounds that keep δ_total at δ)")
     if lab["charged_again_after_crash"]:
         w(f"- {lab['charged_again_after_crash']} queries were asked and charged again after a run was killed "
           "between charging and storing their labels")
