@@ -8,17 +8,19 @@ Every demo number quoted in README.md / issue notes comes from such a file.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.machine import machine  # noqa: E402
+
 
 def main() -> int:
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
+    machine_at_start = machine()  # CPU model, load average before the run
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "speed.cli.main", "demo", "--json", *sys.argv[1:]],
@@ -28,15 +30,7 @@ def main() -> int:
         sys.stderr.write(proc.stderr[-3000:])
         return proc.returncode
     result = json.loads(proc.stdout)
-    result["machine"] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "wall_s": time.time() - start,
-        "args": sys.argv[1:],
-    }
+    result["machine"] = {**machine_at_start, "wall_s": time.time() - start, "args": sys.argv[1:]}
     path = out_dir / f"demo-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
     path.write_text(json.dumps(result, indent=2))
     print(path)
