@@ -4,7 +4,7 @@
   layers (16, 32 channels), 2x2 max pool, FC 64; ~14k parameters.
 * ``mlp``         one hidden layer of 128 units: a fast baseline for any input.
 * ``compact-cnn`` two 3x3 conv layers (32, 64 channels), each followed by 2x2 max pool,
-  FC 128 with dropout 0.3; ~420k parameters at 28x28, about 8x cheaper per training step
+  FC 128 with dropout 0.3; ~420k parameters at 28x28, about 7x cheaper per training step
   than ``pate-mnist`` on one CPU thread (``benchmarks/teacher_recipes.py``).
 * ``pate-mnist``  the PATE / SPEED MNIST CNN (SPEC §6): conv 5x5x64 -> max pool 3x3/2
   -> local response norm -> conv 5x5x128 -> LRN -> max pool 3x3/2 -> FC 384 -> FC 192.
