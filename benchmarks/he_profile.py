@@ -33,11 +33,11 @@ def measure(variant: str, holders: int, classes: int, batch: int, calls: int) ->
     import numpy as np
     from concrete import fhe
 
+    from speed.bench.he import paper_spec, pbs_per_parameter
     from speed.crypto import circuit
-    from speed.crypto.spec import CircuitSpec, choose_noise_bound
 
-    bound = choose_noise_bound(holders, classes, 1 / 3.3, 1, 1e-12)
-    spec = CircuitSpec(num_holders=holders, num_classes=classes, noise_bound=bound, batch_size=batch)
+    spec = paper_spec(holders, classes, batch_size=batch)
+    bound = spec.noise_bound
     if variant == "sums-only":
         circuit.argmax_from_sums = lambda spec, fhe, sums: sums[:, 0] - sums[:, 1]
     start = time.perf_counter()
@@ -58,16 +58,13 @@ def measure(variant: str, holders: int, classes: int, batch: int, calls: int) ->
     sums = votes.sum(axis=0)
     expected = sums[:, 0] - sums[:, 1] if variant == "sums-only" else np.argmax(sums, axis=1)
     stats = module.aggregate.statistics
-    fields = ("polynomial_size", "glwe_dimension", "input_lwe_dimension", "level", "base_log")
-    per_param = [{"count": int(n), **{f: int(getattr(p, f)()) for f in fields}}
-                 for p, n in stats.get("programmable_bootstrap_count_per_parameter", {}).items()]
     return {
         "variant": variant, "holders": holders, "classes": classes, "batch_size": batch,
         "cpus_allowed": sorted(os.sched_getaffinity(0)), "compile_s": compile_s,
         "first_call_s": seconds[0], "calls_s": seconds[1:],
         "median_call_s": float(np.median(seconds[1:])), "median_s_per_query": float(np.median(seconds[1:])) / batch,
         "correct": bool(np.array_equal(got, expected)), "complexity": float(module.complexity),
-        "pbs_per_call": int(stats.get("programmable_bootstrap_count", 0)), "pbs_per_parameter": per_param,
+        "pbs_per_call": int(stats.get("programmable_bootstrap_count", 0)), "pbs_per_parameter": pbs_per_parameter(stats),
         "global_p_error_per_call": float(module.server.global_p_error),
     }
 

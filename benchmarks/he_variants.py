@@ -36,24 +36,21 @@ VARIANTS: dict[str, tuple[dict, dict, int | None]] = {
 
 
 def compile_variant(name: str, holders: int) -> dict:
+    from speed.bench.he import paper_spec, pbs_per_parameter
     from speed.crypto import circuit
-    from speed.crypto.spec import CircuitSpec, choose_noise_bound
 
     spec_over, config_over, n = VARIANTS[name]
     n = n or holders
-    spec = CircuitSpec(num_holders=n, num_classes=10, noise_bound=choose_noise_bound(n, 10, 1 / 3.3, 1, 1e-12),
-                       **spec_over)
+    spec = paper_spec(n, 10, **spec_over)
     start = time.perf_counter()
     module = circuit.build_module(spec).compile(circuit.inputsets(spec),
                                                 circuit.configuration(spec).fork(**config_over))
     seconds = time.perf_counter() - start
     stats = module.aggregate.statistics
-    fields = ("polynomial_size", "glwe_dimension", "input_lwe_dimension", "level", "base_log")
     return {
         "variant": name, "holders": n, "spec": spec.to_dict(), "configuration": config_over, "compile_s": seconds,
         "complexity": float(module.complexity), "pbs": int(stats["programmable_bootstrap_count"]),
-        "pbs_per_parameter": [{"count": int(c), **{f: int(getattr(p, f)()) for f in fields}}
-                              for p, c in stats["programmable_bootstrap_count_per_parameter"].items()],
+        "pbs_per_parameter": pbs_per_parameter(stats),
         "bootstrap_key_bytes": int(module.server.size_of_bootstrap_keys),
         "keyswitch_key_bytes": int(module.server.size_of_keyswitch_keys),
         "global_p_error": float(module.server.global_p_error),

@@ -19,6 +19,21 @@ from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
 
 
+def paper_spec(num_holders: int, num_classes: int, **overrides: Any) -> CircuitSpec:
+    """The circuit at the paper's noise (γ = 3.3, SPEC §6), P = 1 and a noise failure of 1e-12 per
+    query; ``overrides`` are further :class:`CircuitSpec` fields (batch_size, argmax, ...)."""
+    bound = choose_noise_bound(num_holders, num_classes, 1 / 3.3, 1, 1e-12)
+    return CircuitSpec(num_holders=num_holders, num_classes=num_classes, noise_bound=bound, **overrides)
+
+
+def pbs_per_parameter(statistics: dict[str, Any]) -> list[dict[str, int]]:
+    """Bootstraps per TFHE parameter set, from a compiled function's concrete ``statistics``:
+    count, polynomial size, GLWE dimension, input LWE dimension, decomposition level, base log."""
+    fields = ("polynomial_size", "glwe_dimension", "input_lwe_dimension", "level", "base_log")
+    return [{"count": int(n), **{f: int(getattr(p, f)()) for f in fields}}
+            for p, n in statistics.get("programmable_bootstrap_count_per_parameter", {}).items()]
+
+
 def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, agreement: float) -> np.ndarray:
     """Teacher answers (Q, N): a fraction ``agreement`` votes the query's class, others random;
     some queries are made near-ties between two classes (harder for the argmax)."""
