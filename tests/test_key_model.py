@@ -57,10 +57,13 @@ def test_server_sees_no_secret_key(small_parties):
         def __init__(self, inner):
             self.inner = inner
 
-        def aggregate(self, batch, votes):
-            received.append(batch)
-            received.extend(votes)
-            return self.inner.aggregate(batch, votes)
+        workers = 2
+
+        def aggregate_many(self, items):
+            for batch, votes in items:
+                received.append(batch)
+                received.extend(votes)
+            return self.inner.aggregate_many(items)
 
     received.extend([owner.circuit_bundle(), owner.evaluation_keys()])
     result = label_queries(owner, Spy(server), holders, np.arange(32), np.arange(4), progress=False)
@@ -206,3 +209,49 @@ def test_seeded_layout_refuses_wrong_sizes(small_owner):
         layout.add(pad.data[:-1], np.zeros(layout.count, dtype=np.int64))
     with pytest.raises(InputError, match="values"):
         layout.add(pad.data, np.zeros(layout.count + 1, dtype=np.int64))
+
+
+def _votes_for(owner, holders, batch_id: int, query_ids: tuple[int, ...]):
+    batch = messages.QueryBatch(batch_id=batch_id, query_ids=query_ids)
+    for h, p in zip(holders, owner.issue_pads(batch_id, range(len(holders)))):
+        h.receive_pad(p)
+    answers = [h.answer(batch, np.asarray(query_ids)) for h in holders]
+    return batch, [vote for vote, _ in answers], sum(encoded for _, encoded in answers)
+
+
+def test_batches_side_by_side_give_the_exact_labels(small_owner, small_spec):
+    """Three batches computed together on three worker threads: every label is the clear argmax
+    of its own noisy sums, answers come back in the order given, all pads are recorded."""
+    table = np.random.default_rng(3).integers(0, small_spec.num_classes, size=(16, small_spec.num_holders))
+    holders = make_holders(small_spec, table, seed=5)
+    server = setup_parties(small_owner, holders, server_workers=3)
+    assert server.workers == 3 and server.threads_per_call(3) == max(1, server.cpus // 3)
+    assert server.threads_per_call(1) == server.cpus
+    items, sums = [], []
+    for b in range(3):
+        batch, votes, encoded = _votes_for(small_owner, holders, 40 + b, (2 * b, 2 * b + 1))
+        items.append((batch, votes))
+        sums.append(encoded)
+    answers = server.aggregate_many(items)
+    assert [a.batch_id for a in answers] == [40, 41, 42]
+    for answer, encoded in zip(answers, sums):
+        np.testing.assert_array_equal(small_owner.decrypt(answer), np.argmax(encoded, axis=1))
+    assert server.batches_done == 3 and len(server.used_pad_ids) == 3 * small_spec.num_holders
+
+
+def test_side_by_side_call_is_refused_as_a_whole(small_parties):
+    """A pad reused across the batches of one call, or one corrupted vote, refuses the whole
+    call: no pad is recorded, and the honest batches go through afterwards."""
+    owner, server, holders, _ = small_parties
+    first, first_votes, _ = _votes_for(owner, holders, 50, (0, 1))
+    second, second_votes, _ = _votes_for(owner, holders, 51, (2, 3))
+    replayed = messages.EncryptedVote(**{**second_votes[0].to_dict(), "pad_id": first_votes[0].pad_id})
+    with pytest.raises(PadReuseError, match="already used"):
+        server.aggregate_many([(first, first_votes), (second, [replayed, *second_votes[1:]])])
+    corrupted = messages.EncryptedVote(**{**second_votes[1].to_dict(), "data": second_votes[1].data[:40]})
+    with pytest.raises(CiphertextError):
+        server.aggregate_many([(first, first_votes), (second, [second_votes[0], corrupted, *second_votes[2:]])])
+    assert not server.used_pad_ids and server.batches_done == 0
+    assert len(server.aggregate_many([(first, first_votes), (second, second_votes)])) == 2
+    with pytest.raises(InputError, match="workers"):
+        setup_parties(owner, holders, server_workers=0)

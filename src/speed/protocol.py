@@ -34,7 +34,8 @@ class LabellingResult:
     timings: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, float] = field(default_factory=dict)
     stopped: str | None = None  # why labelling stopped early (privacy budget), if it did
-    server_call_seconds: list[float] = field(default_factory=list)  # one per batch
+    server_call_seconds: list[float] = field(default_factory=list)  # one per server call (a group of batches)
+    server_call_queries: list[int] = field(default_factory=list)  # queries answered by each server call
 
 
 def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0) -> list[messages.QueryBatch]:
@@ -45,11 +46,12 @@ def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0
     ]
 
 
-def setup_parties(owner: ModelOwner, holders: list[DataHolder]) -> AggregationServer:
+def setup_parties(owner: ModelOwner, holders: list[DataHolder], server_workers: int | None = None) -> AggregationServer:
     """Owner sends program + evaluation keys to the server; holders get the program, and the
-    evaluation keys only in ``encode`` pad mode (seeded holders never use them)."""
+    evaluation keys only in ``encode`` pad mode (seeded holders never use them).
+    ``server_workers``: batches the server computes side by side (default: one per CPU)."""
     bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
-    server = AggregationServer(bundle, keys)
+    server = AggregationServer(bundle, keys, workers=server_workers)
     for holder in holders:
         holder.connect(bundle, keys if bundle.pad_mode != "seeded" else None, keyset_id=keys.keyset_id)
     return server
@@ -71,47 +73,67 @@ def label_queries(
     sums) exists only because this is a simulation.  If it raises
     :class:`BudgetExhaustedError`, labelling stops there: the labels released so far are
     returned and ``stopped`` says why.
+
+    Batches go to the server in groups of ``server.workers``, which it computes side by side
+    (:meth:`AggregationServer.aggregate_many`); ``server_call_seconds`` has one entry per group.
+    The ledger hook still runs batch by batch before each decryption: if the budget stops the
+    run inside a group, the group's later labels are never decrypted (nothing released, their
+    pads are spent).
     """
     spec = owner.spec
     batches = make_batches(np.asarray(query_ids), spec.batch_size)
+    group_size = max(1, getattr(server, "workers", 1))
+    groups = [batches[i : i + group_size] for i in range(0, len(batches), group_size)]
     labels, clear_argmax, clear_sums = [], [], []
     t = {"pads_s": 0.0, "holder_encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
     vote_bytes = pad_bytes = label_bytes = 0
     stopped = None
     server_calls: list[float] = []
-    for batch in tqdm(batches, desc="encrypted labelling", unit="batch", disable=not progress):
-        n_real = len(batch.query_ids)
+    server_call_queries: list[int] = []
+    bar = tqdm(total=len(query_ids), desc="encrypted labelling", unit="query", disable=not progress)
+    for group in groups:
+        items, sums = [], []
+        for batch in group:
+            start = time.perf_counter()
+            pads = owner.issue_pads(batch.batch_id, range(spec.num_holders))
+            t["pads_s"] += time.perf_counter() - start
+            for holder, pad in zip(holders, pads):
+                holder.receive_pad(pad)
+                pad_bytes += pad.payload_bytes
+            x = public_x[list(batch.query_ids)]
+            votes, encoded_sum = [], np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
+            start = time.perf_counter()
+            for holder in holders:
+                vote, encoded = holder.answer(batch, x)
+                votes.append(vote)
+                encoded_sum += encoded
+                vote_bytes += vote.payload_bytes
+            t["holder_encrypt_s"] += time.perf_counter() - start
+            items.append((batch, votes))
+            sums.append(encoded_sum[: len(batch.query_ids)])
         start = time.perf_counter()
-        pads = owner.issue_pads(batch.batch_id, range(spec.num_holders))
-        t["pads_s"] += time.perf_counter() - start
-        for holder, pad in zip(holders, pads):
-            holder.receive_pad(pad)
-            pad_bytes += pad.payload_bytes
-        x = public_x[list(batch.query_ids)]
-        votes, encoded_sum = [], np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
-        start = time.perf_counter()
-        for holder in holders:
-            vote, encoded = holder.answer(batch, x)
-            votes.append(vote)
-            encoded_sum += encoded
-            vote_bytes += vote.payload_bytes
-        t["holder_encrypt_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        encrypted = server.aggregate(batch, votes)
+        answers = server.aggregate_many(items)  # the group's batches side by side (server.workers)
         server_calls.append(time.perf_counter() - start)
+        server_call_queries.append(sum(len(batch.query_ids) for batch in group))
         t["server_s"] += server_calls[-1]
-        label_bytes += encrypted.payload_bytes
-        if before_release is not None:
-            try:
-                before_release(batch, encoded_sum[:n_real])
-            except BudgetExhaustedError as exc:
-                stopped = str(exc)
-                break
-        start = time.perf_counter()
-        labels.append(owner.decrypt(encrypted)[:n_real])
-        t["decrypt_s"] += time.perf_counter() - start
-        clear_sums.append(encoded_sum[:n_real])
-        clear_argmax.append(reference_argmax(encoded_sum[:n_real]))
+        for batch, encrypted, encoded_sum in zip(group, answers, sums):
+            n_real = len(batch.query_ids)
+            label_bytes += encrypted.payload_bytes
+            if before_release is not None:
+                try:
+                    before_release(batch, encoded_sum)
+                except BudgetExhaustedError as exc:
+                    stopped = str(exc)
+                    break
+            start = time.perf_counter()
+            labels.append(owner.decrypt(encrypted)[:n_real])
+            t["decrypt_s"] += time.perf_counter() - start
+            clear_sums.append(encoded_sum)
+            clear_argmax.append(reference_argmax(encoded_sum))
+            bar.update(n_real)
+        if stopped is not None:
+            break
+    bar.close()
     answered = sum(len(x) for x in labels)
     num_queries = max(answered, 1)
     timings = {
@@ -137,4 +159,5 @@ def label_queries(
         bytes=sizes,
         stopped=stopped,
         server_call_seconds=server_calls,
+        server_call_queries=server_call_queries,
     )

@@ -64,6 +64,7 @@ def run(
     seed: int = 0,
     cache_dir: str | Path = ".speed-cache",
     progress: bool = True,
+    server_workers: int | None = None,
 ) -> dict[str, Any]:
     scale = 1.0 / gamma
     bound = choose_noise_bound(num_holders, num_classes, scale, resolution, noise_failure)
@@ -83,10 +84,11 @@ def run(
         for i in range(num_holders)
     ]
     start = time.perf_counter()
-    server = setup_parties(owner, holders)
+    server = setup_parties(owner, holders, server_workers)
     setup_s = time.perf_counter() - start
     result = label_queries(owner, server, holders, np.arange(num_queries), np.arange(num_queries), progress=progress)
-    per_query = [t / batch_size for t in result.server_call_seconds]
+    # one server call = server.workers batches side by side: its wall time over its queries
+    per_query = [t / q for t, q in zip(result.server_call_seconds, result.server_call_queries)]
     exact = int(np.sum(result.labels == result.clear_noisy_argmax))
     srv = owner._server_program  # public statistics of the compiled program
     return {
@@ -98,7 +100,10 @@ def run(
         "argmax": argmax,
         "chunk_bits": chunk_bits if argmax == "tournament" else None,
         "median_server_s_per_query": float(np.median(per_query)),
+        "server_workers": server.workers,
+        "server_threads_per_batch": server.threads_per_call(-(-num_queries // batch_size)),
         "server_s_per_call": result.server_call_seconds,
+        "queries_per_server_call": result.server_call_queries,
         "throughput_queries_per_s": float(len(result.labels) / max(sum(result.server_call_seconds), 1e-9)),
         "exact": exact,
         "ties_in_noisy_counts": int(np.sum(np.sort(result.clear_noisy_sums, axis=1)[:, -1]

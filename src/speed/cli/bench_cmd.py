@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="homomorphic argmax layout (docs/he-engine.md)")
     he.add_argument("--chunk-bits", type=int, default=3,
                     help="tournament: bits per table lookup when selecting the larger sum")
+    he.add_argument("--server-workers", type=int, default=None,
+                    help="batches the server computes side by side, each on CPUs/workers threads (default: one per CPU)")
     he.add_argument("--seed", type=int, default=0)
     he.add_argument("--cache-dir", default=".speed-cache")
     he.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -42,7 +44,7 @@ def run_he(args: argparse.Namespace) -> int:
         num_classes=args.classes, num_holders=args.holders, num_queries=args.queries, batch_size=args.batch_size,
         gamma=args.gamma, resolution=args.resolution, pad_mode=args.pad_mode, argmax=args.argmax,
         chunk_bits=args.chunk_bits, seed=args.seed,
-        cache_dir=args.cache_dir, progress=not args.json,
+        cache_dir=args.cache_dir, progress=not args.json, server_workers=args.server_workers,
     )
     if args.json:
         print(dump_json(r))
@@ -52,6 +54,7 @@ def run_he(args: argparse.Namespace) -> int:
         f"{r['argmax']} argmax",
         [
             ("server", [("median s / query", r["median_server_s_per_query"]),
+                        ("batches side by side × threads each", f"{r['server_workers']} × {r['server_threads_per_batch']}"),
                         ("throughput queries / s", r["throughput_queries_per_s"]),
                         ("exact / queries", f"{r['exact']} / {r['queries']}"),
                         ("PBS / query", r["pbs_per_query"]), ("p_error per PBS", r["p_error"]),
