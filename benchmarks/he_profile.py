@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/he_profile.py [--holders 250] [--classes 10] [--calls 4]
 
-Each measurement runs in its own process (compile, keygen, one warm-up call, then ``--calls``
-timed calls of the ``aggregate`` function on random in-range votes):
+Each measurement runs in its own process (compile, keygen, one warm-up round, then ``--calls``
+timed rounds; a round is one call of the ``aggregate`` function on random in-range votes, or
+two calls side by side in two threads with one OpenMP thread each, as the server runs them):
 
-* ``tournament B=1``: the default circuit, both CPUs, and again under ``taskset -c 0``;
-* ``tournament B=10``: ten queries per call (per-query error budget, ``CircuitSpec.call_p_error``);
+* ``tournament B=1``: the default circuit on both CPUs; under ``taskset -c 0`` (one thread);
+  two calls side by side;
+* ``tournament B=10``: ten queries per call (per-query error budget, ``CircuitSpec.call_p_error``),
+  one call on both CPUs and two side by side;
 * ``sums only``: the same 250 inputs summed with no argmax: the cost of taking the holders'
   ciphertexts in (argument conversion, seed expansion, additions), a floor for any argmax.
 
@@ -28,13 +31,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def measure(variant: str, holders: int, classes: int, batch: int, calls: int) -> dict:
-    """Compile ``variant`` and time its calls (runs in a child process)."""
+def measure(variant: str, holders: int, classes: int, batch: int, calls: int, workers: int) -> dict:
+    """Compile ``variant`` and time its calls (runs in a child process).
+
+    ``workers`` calls run side by side in threads, each on CPUs/workers OpenMP threads, as the
+    aggregation server does (:class:`speed.server.AggregationServer`); a round's wall time over
+    its ``workers × batch`` queries is the time per query."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     from concrete import fhe
 
     from speed.bench.he import paper_spec, pbs_per_parameter
     from speed.crypto import circuit
+    from speed.server.aggregator import available_cpus, openmp_threads
 
     spec = paper_spec(holders, classes, batch_size=batch)
     bound = spec.noise_bound
@@ -48,30 +58,38 @@ def measure(variant: str, holders: int, classes: int, batch: int, calls: int) ->
     votes = np.eye(classes, dtype=np.int64)[rng.integers(0, classes, size=(holders, batch))]
     votes[0] += rng.integers(-bound, bound + 1, size=(batch, classes))
     blobs = [v.serialize() for v in module.aggregate.encrypt(*votes)]
-    seconds = []
-    for _ in range(calls + 1):
-        values = [fhe.Value.deserialize(b) for b in blobs]
-        t0 = time.perf_counter()
-        out = module.aggregate.run(*values)
-        seconds.append(time.perf_counter() - t0)
-    got = np.atleast_1d(module.aggregate.decrypt(out))
+    threads = max(1, available_cpus() // workers)
+
+    def call(values):
+        with openmp_threads(threads):
+            return module.aggregate.run(*values)
+
+    seconds, outs = [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in range(calls + 1):
+            arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(workers)]
+            t0 = time.perf_counter()
+            outs = list(pool.map(call, arguments))
+            seconds.append(time.perf_counter() - t0)
     sums = votes.sum(axis=0)
     expected = sums[:, 0] - sums[:, 1] if variant == "sums-only" else np.argmax(sums, axis=1)
+    correct = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(out)), expected) for out in outs)
     stats = module.aggregate.statistics
     return {
         "variant": variant, "holders": holders, "classes": classes, "batch_size": batch,
-        "cpus_allowed": sorted(os.sched_getaffinity(0)), "compile_s": compile_s,
-        "first_call_s": seconds[0], "calls_s": seconds[1:],
-        "median_call_s": float(np.median(seconds[1:])), "median_s_per_query": float(np.median(seconds[1:])) / batch,
-        "correct": bool(np.array_equal(got, expected)), "complexity": float(module.complexity),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)), "workers": workers, "openmp_threads_per_call": threads,
+        "compile_s": compile_s, "first_round_s": seconds[0], "rounds_s": seconds[1:],
+        "median_round_s": float(np.median(seconds[1:])),
+        "median_s_per_query": float(np.median(seconds[1:])) / (batch * workers),
+        "correct": bool(correct), "complexity": float(module.complexity),
         "pbs_per_call": int(stats.get("programmable_bootstrap_count", 0)), "pbs_per_parameter": pbs_per_parameter(stats),
         "global_p_error_per_call": float(module.server.global_p_error),
     }
 
 
-def child(variant: str, holders: int, classes: int, batch: int, calls: int, cpus: str | None) -> dict:
+def child(variant: str, holders: int, classes: int, batch: int, calls: int, cpus: str | None, workers: int) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--holders", str(holders), "--classes", str(classes),
-           "--batch", str(batch), "--calls", str(calls)]
+           "--batch", str(batch), "--calls", str(calls), "--workers", str(workers)]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -86,22 +104,26 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--calls", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.holders, a.classes, a.batch, a.calls)))
+        print(json.dumps(measure(a.child, a.holders, a.classes, a.batch, a.calls, a.workers)))
         return 0
 
     from speed.machine import machine
 
     info = machine()
-    plan = [("tournament", 1, None), ("tournament", 1, "0"), ("tournament", 10, None), ("sums-only", 1, None)]
+    # (circuit, queries per call, CPUs, calls side by side)
+    plan = [("tournament", 1, None, 1), ("tournament", 1, "0", 1), ("tournament", 1, None, 2),
+            ("tournament", 10, None, 1), ("tournament", 10, None, 2), ("sums-only", 1, None, 1),
+            ("sums-only", 1, None, 2)]
     rows = []
-    for variant, batch, cpus in plan:
-        print(f"{variant} B={batch} cpus={cpus or 'all'} ...", file=sys.stderr, flush=True)
+    for variant, batch, cpus, workers in plan:
+        print(f"{variant} B={batch} cpus={cpus or 'all'} workers={workers} ...", file=sys.stderr, flush=True)
         calls = a.calls if batch == 1 else max(2, a.calls // 2)
-        rows.append(child(variant, a.holders, a.classes, batch, calls, cpus))
-        print("  ", {k: rows[-1].get(k) for k in ("median_s_per_query", "first_call_s", "correct", "error")},
+        rows.append(child(variant, a.holders, a.classes, batch, calls, cpus, workers))
+        print("  ", {k: rows[-1].get(k) for k in ("median_s_per_query", "first_round_s", "correct", "error")},
               file=sys.stderr, flush=True)
     out = Path(__file__).parent / "results"
     stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
@@ -109,15 +131,15 @@ def main() -> int:
     lines = [f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs; "
              f"load average at the start {info.get('load_average_1_5_15', ['?'])[0]}. "
              f"K = {a.classes}, N = {a.holders}.", "",
-             "| circuit | queries per call | CPUs | s per query (median) | first call s | PBS per call | "
-             "optimizer complexity | correct |", "|---|---|---|---|---|---|---|---|"]
+             "| circuit | queries per call | CPUs | calls side by side × threads each | s per query (median) | "
+             "first round s | PBS per call | optimizer complexity | correct |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['batch_size']} | | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['variant']} | {r['batch_size']} | | | failed: {r['error']} | | | | |")
             continue
         lines.append(f"| {r['variant']} | {r['batch_size']} | {len(r['cpus_allowed'])} | "
-                     f"{r['median_s_per_query']:.3f} | {r['first_call_s']:.2f} | {r['pbs_per_call']} | "
-                     f"{r['complexity']:.3g} | {r['correct']} |")
+                     f"{r['workers']} × {r['openmp_threads_per_call']} | {r['median_s_per_query']:.3f} | "
+                     f"{r['first_round_s']:.2f} | {r['pbs_per_call']} | {r['complexity']:.3g} | {r['correct']} |")
     default = rows[0]
     if "pbs_per_parameter" in default:
         lines += ["", "Bootstraps of the default circuit per parameter set:", "",

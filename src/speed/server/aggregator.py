@@ -1,11 +1,12 @@
 """Homomorphic aggregation: sum the holders' encrypted votes and compute the encrypted argmax.
 
 Several batches run at once (``workers``), each circuit call on ``cpus // workers`` threads.
-Measured at K = 10, N = 250 on 2 cores (docs/he-engine.md): one call on both cores takes
-4.26 s per query, because the tournament's later rounds hold one or two matches and concrete's
-loop parallelism leaves a core waiting; two single-threaded calls side by side take about 5 s
-each, 2.5 s per query.  Batching queries inside one call (``CircuitSpec.batch_size``) makes
-concrete pick larger parameters and does not recover that (3.2–3.9 s per query).
+Measured at K = 10, N = 250 on 2 cores, modes alternating in one process
+(``benchmarks/results/he_side_by_side-2026-11-30T1301.md``, docs/he-engine.md): one call on both
+cores, 3.64 s per query (the tournament's last rounds hold one or two matches and concrete's
+loop parallelism leaves a core waiting); two single-threaded calls side by side, 2.70 s per
+query; ten queries per call (``CircuitSpec.batch_size``; concrete then picks larger
+parameters), 3.17 s, or 3.04 s with two such calls side by side.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from speed import messages
-from speed.crypto.runtime import digest, load_evaluation_keys, load_server_program, load_value
+from speed.crypto.runtime import (
+    digest,
+    load_evaluation_keys,
+    load_server_program,
+    load_value,
+)
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 
@@ -27,7 +33,7 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _openmp_threads(count: int):
+def openmp_threads(count: int):
     """Context limiting the OpenMP threads of the calling thread's circuit calls to ``count``.
 
     concrete runs its tensor loops with OpenMP; the limit is a per-thread setting, so each
@@ -121,7 +127,7 @@ class AggregationServer:
         def run(entry):
             batch, _, values = entry
             try:
-                with _openmp_threads(threads):
+                with openmp_threads(threads):
                     return self._program.run(*values, evaluation_keys=self._evaluation_keys, function_name="aggregate")
             except Exception as exc:
                 raise CiphertextError(
