@@ -13,7 +13,7 @@ import pytest
 import speed
 from speed import messages
 from speed.crypto.spec import CircuitSpec
-from speed.errors import CiphertextError, InputError, PadReuseError
+from speed.errors import BudgetExhaustedError, CiphertextError, InputError, PadReuseError
 from speed.owner.owner import ModelOwner
 from speed.protocol import label_queries, setup_parties
 
@@ -255,3 +255,21 @@ def test_side_by_side_call_is_refused_as_a_whole(small_parties):
     assert len(server.aggregate_many([(first, first_votes), (second, second_votes)])) == 2
     with pytest.raises(InputError, match="workers"):
         setup_parties(owner, holders, server_workers=0)
+
+
+def test_budget_stop_inside_a_group_of_batches_releases_nothing_after_it(small_parties):
+    """Two batches computed side by side; the ledger refuses the second: only the first batch's
+    labels are decrypted and returned, and no later group is sent to the server."""
+    owner, server, holders, _ = small_parties
+    server.workers = 2  # group batches in pairs whatever this machine's CPU count
+    charged: list[int] = []
+
+    def ledger(batch, sums):
+        if charged:
+            raise BudgetExhaustedError(f"budget exhausted before batch {batch.batch_id}")
+        charged.append(batch.batch_id)
+
+    result = label_queries(owner, server, holders, np.arange(32), np.arange(8), before_release=ledger, progress=False)
+    assert result.stopped == "budget exhausted before batch 1" and charged == [0]
+    assert len(result.labels) == 2 and (result.labels == result.clear_noisy_argmax).all()
+    assert result.server_call_queries == [4] and server.batches_done == 2

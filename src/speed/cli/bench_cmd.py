@@ -54,6 +54,7 @@ def run_he(args: argparse.Namespace) -> int:
         f"{r['argmax']} argmax",
         [
             ("server", [("median s / query", r["median_server_s_per_query"]),
+                        ("median latency s (one call)", r["median_query_latency_s"]),
                         ("batches side by side × threads each", f"{r['server_workers']} × {r['server_threads_per_batch']}"),
                         ("throughput queries / s", r["throughput_queries_per_s"]),
                         ("exact / queries", f"{r['exact']} / {r['queries']}"),
