@@ -249,7 +249,7 @@ def test_side_by_side_call_is_refused_as_a_whole(small_parties):
     with pytest.raises(PadReuseError, match="already used"):
         server.aggregate_many([(first, first_votes), (second, [replayed, *second_votes[1:]])])
     corrupted = messages.EncryptedVote(**{**second_votes[1].to_dict(), "data": second_votes[1].data[:40]})
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError, match="batch 51: vote of holder 1"):
         server.aggregate_many([(first, first_votes), (second, [second_votes[0], corrupted, *second_votes[2:]])])
     assert not server.used_pad_ids and server.batches_done == 0
     assert len(server.aggregate_many([(first, first_votes), (second, second_votes)])) == 2

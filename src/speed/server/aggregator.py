@@ -119,7 +119,7 @@ class AggregationServer:
             self.check_votes(batch, votes, also_used=taken)
             taken.update(v.pad_id for v in votes)
             ordered = sorted(votes, key=lambda v: v.holder_id)
-            values = [load_value(v.data, f"vote of holder {v.holder_id}") for v in ordered]
+            values = [load_value(v.data, f"batch {batch.batch_id}: vote of holder {v.holder_id}") for v in ordered]
             prepared.append((batch, ordered, values))
         concurrent = min(self.workers, len(prepared))
         threads = self.threads_per_call(len(prepared))
