@@ -37,47 +37,39 @@ def measure(variant: str, holders: int, classes: int, batch: int, calls: int, wo
     ``workers`` calls run side by side in threads, each on CPUs/workers OpenMP threads, as the
     aggregation server does (:class:`speed.server.AggregationServer`); a round's wall time over
     its ``workers × batch`` queries is the time per query."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np
     from concrete import fhe
 
-    from speed.bench.he import paper_spec, pbs_per_parameter
+    from speed.bench.he import encrypted_random_votes, paper_spec, pbs_per_parameter
     from speed.crypto import circuit
-    from speed.server.aggregator import available_cpus, openmp_threads
+    from speed.server.aggregator import (
+        available_cpus,
+        map_side_by_side,
+        threads_per_call,
+    )
 
     spec = paper_spec(holders, classes, batch_size=batch)
-    bound = spec.noise_bound
     if variant == "sums-only":
         circuit.argmax_from_sums = lambda spec, fhe, sums: sums[:, 0] - sums[:, 1]
     start = time.perf_counter()
     module = circuit.build_module(spec).compile(circuit.inputsets(spec), circuit.configuration(spec))
     compile_s = time.perf_counter() - start
     module.keygen()
-    rng = np.random.default_rng(0)
-    votes = np.eye(classes, dtype=np.int64)[rng.integers(0, classes, size=(holders, batch))]
-    votes[0] += rng.integers(-bound, bound + 1, size=(batch, classes))
-    blobs = [v.serialize() for v in module.aggregate.encrypt(*votes)]
-    threads = max(1, available_cpus() // workers)
-
-    def call(values):
-        with openmp_threads(threads):
-            return module.aggregate.run(*values)
-
+    votes, blobs = encrypted_random_votes(module, spec, seed=0)
     seconds, outs = [], []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in range(calls + 1):
-            arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(workers)]
-            t0 = time.perf_counter()
-            outs = list(pool.map(call, arguments))
-            seconds.append(time.perf_counter() - t0)
+    for _ in range(calls + 1):
+        arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(workers)]
+        t0 = time.perf_counter()
+        outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, workers)
+        seconds.append(time.perf_counter() - t0)
     sums = votes.sum(axis=0)
     expected = sums[:, 0] - sums[:, 1] if variant == "sums-only" else np.argmax(sums, axis=1)
     correct = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(out)), expected) for out in outs)
     stats = module.aggregate.statistics
     return {
         "variant": variant, "holders": holders, "classes": classes, "batch_size": batch,
-        "cpus_allowed": sorted(os.sched_getaffinity(0)), "workers": workers, "openmp_threads_per_call": threads,
+        "cpus_allowed": sorted(os.sched_getaffinity(0)), "workers": workers,
+        "openmp_threads_per_call": threads_per_call(workers, available_cpus()),
         "compile_s": compile_s, "first_round_s": seconds[0], "rounds_s": seconds[1:],
         "median_round_s": float(np.median(seconds[1:])),
         "median_s_per_query": float(np.median(seconds[1:])) / (batch * workers),

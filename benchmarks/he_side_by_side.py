@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -36,10 +35,14 @@ def main() -> int:
     from concrete import fhe
     from tqdm import tqdm
 
-    from speed.bench.he import paper_spec
+    from speed.bench.he import encrypted_random_votes, paper_spec
     from speed.crypto import circuit
     from speed.machine import machine
-    from speed.server.aggregator import available_cpus, openmp_threads
+    from speed.server.aggregator import (
+        available_cpus,
+        map_side_by_side,
+        threads_per_call,
+    )
 
     info = machine()
     modes = [tuple(int(x) for x in m.split("x")) for m in a.modes.split(",")]
@@ -48,25 +51,14 @@ def main() -> int:
         spec = paper_spec(a.holders, a.classes, batch_size=batch)
         module = circuit.build_module(spec).compile(circuit.inputsets(spec), circuit.configuration(spec))
         module.keygen()
-        rng = np.random.default_rng(batch)
-        votes = np.eye(a.classes, dtype=np.int64)[rng.integers(0, a.classes, size=(a.holders, batch))]
-        votes[0] += rng.integers(-spec.noise_bound, spec.noise_bound + 1, size=(batch, a.classes))
-        blobs = [v.serialize() for v in module.aggregate.encrypt(*votes)]
+        votes, blobs = encrypted_random_votes(module, spec, seed=batch)
         compiled[batch] = (module, np.argmax(votes.sum(axis=0), axis=1), blobs)
-
-    pool = ThreadPoolExecutor(max_workers=max(w for _, w in modes))
 
     def one_round(batch: int, workers: int) -> tuple[float, bool]:
         module, expected, blobs = compiled[batch]
-        threads = max(1, available_cpus() // workers)
-
-        def call(values):
-            with openmp_threads(threads):
-                return module.aggregate.run(*values)
-
         arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(workers)]
         start = time.perf_counter()
-        outs = list(pool.map(call, arguments))
+        outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, workers)
         seconds = time.perf_counter() - start
         ok = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(o)), expected) for o in outs)
         return seconds / (batch * workers), ok
@@ -80,7 +72,7 @@ def main() -> int:
             seconds, ok = one_round(*mode)
             per_query[mode].append(seconds)
             correct[mode] &= ok
-    rows = [{"batch_size": b, "calls_side_by_side": w, "openmp_threads_per_call": max(1, available_cpus() // w),
+    rows = [{"batch_size": b, "calls_side_by_side": w, "openmp_threads_per_call": threads_per_call(w, available_cpus()),
              "s_per_query_rounds": per_query[(b, w)], "median_s_per_query": float(np.median(per_query[(b, w)])),
              "correct": correct[(b, w)]} for b, w in modes]
     out = Path(__file__).parent / "results"

@@ -34,6 +34,17 @@ def pbs_per_parameter(statistics: dict[str, Any]) -> list[dict[str, int]]:
             for p, n in statistics.get("programmable_bootstrap_count_per_parameter", {}).items()]
 
 
+def encrypted_random_votes(module, spec: CircuitSpec, seed: int) -> tuple[np.ndarray, list[bytes]]:
+    """In-range votes for a compiled module's ``aggregate`` (benchmarks that call it directly):
+    random one-hot votes (N, B, K), holder 0 adding noise in [−A, A]; and their serialized
+    encryptions, one per holder."""
+    rng = np.random.default_rng(seed)
+    n, b, k = spec.num_holders, spec.batch_size, spec.num_classes
+    votes = np.eye(k, dtype=np.int64)[rng.integers(0, k, size=(n, b))]
+    votes[0] += rng.integers(-spec.noise_bound, spec.noise_bound + 1, size=(b, k))
+    return votes, [v.serialize() for v in module.aggregate.encrypt(*votes)]
+
+
 def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, agreement: float) -> np.ndarray:
     """Teacher answers (Q, N): a fraction ``agreement`` votes the query's class, others random;
     some queries are made near-ties between two classes (harder for the argmax)."""

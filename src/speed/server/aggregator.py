@@ -12,7 +12,9 @@ parameters), 3.17 s, or 3.04 s with two such calls side by side.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from speed import messages
 from speed.crypto.runtime import (
@@ -23,6 +25,9 @@ from speed.crypto.runtime import (
 )
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def available_cpus() -> int:
@@ -41,6 +46,27 @@ def openmp_threads(count: int):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=count, user_api="openmp")
+
+
+def threads_per_call(calls: int, cpus: int) -> int:
+    """OpenMP threads of each of ``calls`` circuit calls run side by side on ``cpus`` CPUs."""
+    return max(1, cpus // max(1, calls))
+
+
+def map_side_by_side(function: Callable[[T], R], items: Sequence[T], calls: int, cpus: int | None = None) -> list[R]:
+    """``function(item)`` for every item, ``calls`` at a time in threads, each limited to
+    :func:`threads_per_call` OpenMP threads; results in the order of ``items``.  The first
+    exception is raised once every started call has finished."""
+    threads = threads_per_call(calls, cpus or available_cpus())
+
+    def limited(item: T) -> R:
+        with openmp_threads(threads):
+            return function(item)
+
+    if calls <= 1:
+        return [limited(item) for item in items]
+    with ThreadPoolExecutor(max_workers=calls, thread_name_prefix="aggregate") as pool:
+        return list(pool.map(limited, items))
 
 
 class AggregationServer:
@@ -98,7 +124,7 @@ class AggregationServer:
 
     def threads_per_call(self, batches: int) -> int:
         """OpenMP threads of each circuit call when ``batches`` batches are computed together."""
-        return max(1, self.cpus // max(1, min(self.workers, batches)))
+        return threads_per_call(min(self.workers, batches), self.cpus)
 
     def aggregate(self, batch: messages.QueryBatch, votes: list[messages.EncryptedVote]) -> messages.EncryptedLabels:
         """Encrypted label index for each query of ``batch`` (one call on all CPUs)."""
@@ -121,24 +147,17 @@ class AggregationServer:
             ordered = sorted(votes, key=lambda v: v.holder_id)
             values = [load_value(v.data, f"batch {batch.batch_id}: vote of holder {v.holder_id}") for v in ordered]
             prepared.append((batch, ordered, values))
-        concurrent = min(self.workers, len(prepared))
-        threads = self.threads_per_call(len(prepared))
 
         def run(entry):
             batch, _, values = entry
             try:
-                with openmp_threads(threads):
-                    return self._program.run(*values, evaluation_keys=self._evaluation_keys, function_name="aggregate")
+                return self._program.run(*values, evaluation_keys=self._evaluation_keys, function_name="aggregate")
             except Exception as exc:
                 raise CiphertextError(
                     f"batch {batch.batch_id}: a vote does not fit the circuit (wrong shape, class count or keyset)"
                 ) from exc
 
-        if concurrent == 1:
-            results = [run(entry) for entry in prepared]
-        else:
-            with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="aggregate") as pool:
-                results = list(pool.map(run, prepared))
+        results = map_side_by_side(run, prepared, min(self.workers, len(prepared)), self.cpus)
         out = []
         for (batch, ordered, _), result in zip(prepared, results):
             self.used_pad_ids.update(v.pad_id for v in ordered)
