@@ -63,6 +63,13 @@ def test_simulated_argmax_is_exact(simulated, kind):
     # 10 calls × 100 queries = 1,000 simulated queries over the four kinds, per layout
 
 
+def test_compiled_bootstrap_count_matches_the_layout(simulated):
+    """concrete compiles exactly the bootstraps the layout needs (no bit extracted twice: slicing
+    ``fhe.bits(d)[6:9]`` separately once cost 2 more PBS per match)."""
+    spec, module = simulated
+    assert module.aggregate.statistics["programmable_bootstrap_count"] == spec.batch_size * spec.bootstraps_per_query
+
+
 def test_difference_width_covers_range():
     for n, p, a in [(1, 1, 0), (20, 1, 8), (250, 1, 12), (250, 1000, 9000)]:
         spec = CircuitSpec(num_holders=n, num_classes=3, noise_bound=a, resolution=p)

@@ -13,7 +13,7 @@ is a valid input of ``aggregate``:
 
   - ``"tournament"`` (default, :func:`tournament_argmax`): K − 1 knockout matches in
     ⌈log2 K⌉ rounds; each extracts the bits of ``c_a − c_b`` once (sign and the chunks of
-    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  146 PBS per
+    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  130 PBS per
     query at K = 10, N = 250.
   - ``"all-pairs"`` (:func:`all_pairs_argmax`, SPEC §5 at depth 2): for every pair i < j,
     ``g_ij = [trunc(c_i − c_j, w − 2) ≥ 0]`` (truncation is a floor, so its sign is exactly
@@ -108,7 +108,10 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
         half = m // 2
         left, right = np.arange(0, 2 * half, 2), np.arange(1, 2 * half, 2)
         difference = values[:, left] - values[:, right]
-        sign = fhe.bits(difference)[width - 1]  # 1 iff a < b: the right side wins
+        # every bit of d from one call: slicing fhe.bits(d)[start:stop] separately made concrete
+        # extract the top chunk's bits a second time (2 more PBS per match with a relu)
+        bits = [fhe.bits(difference)[j] for j in range(width)]
+        sign = bits[width - 1]  # 1 iff a < b: the right side wins
         if index is None:
             bits_left = [(positions[left] >> j) & 1 for j in range(index_bits)]
             bits_right = [(positions[right] >> j) & 1 for j in range(index_bits)]
@@ -123,7 +126,10 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
         relu = None
         for start in range(0, width - 1, chunk):
             stop = min(start + chunk, width - 1)
-            part = keep_chunk[start][fhe.bits(difference)[start:stop] + sign * 2**chunk]
+            chunk_value = bits[start]
+            for j in range(start + 1, stop):
+                chunk_value = chunk_value + bits[j] * 2 ** (j - start)
+            part = keep_chunk[start][chunk_value + sign * 2**chunk]
             relu = part if relu is None else relu + part
         winner_value = values[:, right] + relu
         if m % 2:

@@ -140,6 +140,22 @@ class CircuitSpec:
     def pair_count(self) -> int:
         return self.num_classes * (self.num_classes - 1) // 2
 
+    @property
+    def bootstraps_per_query(self) -> int:
+        """PBS per query of the compiled argmax (concrete's count; tests/test_argmax.py checks it).
+
+        Tournament: every match extracts the w bits of its difference, every match but the final
+        adds ⌈(w − 1)/m⌉ relu chunks, and every match after the first round picks ⌈log2 K⌉ index
+        bits: ``(K − 1)·w + (K − 2)·⌈(w − 1)/m⌉ + (K − 1 − ⌊K/2⌋)·⌈log2 K⌉`` (130 at K = 10,
+        N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).
+        """
+        k, w = self.num_classes, self.difference_width
+        if self.argmax == "all-pairs":
+            return self.pair_count * (w - 1) + k
+        relu_chunks = -(-(w - 1) // self.chunk_bits)
+        index_bits = max(1, int(k - 1).bit_length())
+        return (k - 1) * w + (k - 2) * relu_chunks + (k - 1 - k // 2) * index_bits
+
     def to_dict(self) -> dict:
         return asdict(self)
 
