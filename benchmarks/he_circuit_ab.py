@@ -1,0 +1,127 @@
+"""Server time per query of two revisions of the circuit code, in alternating rounds (issue 3).
+
+    .venv/bin/python benchmarks/he_circuit_ab.py --base REV [--holders 250] [--classes 10]
+        [--rounds 6] [--workers 2]
+
+``REV`` is any git revision of this repository; its ``src/speed/crypto/circuit.py`` (and the
+``spec.py`` next to it, for the compile-cache digest) is loaded beside the working tree's and both
+circuits are compiled in this process.  Each round runs, for each circuit in turn, ``workers``
+one-query calls side by side as :class:`speed.server.AggregationServer` does; rounds alternate so
+that a machine whose speed drifts (shared 2-vCPU machines drift 20–30 % within hours) affects both
+alike, and the per-round ratio is reported next to the medians.  Every decrypted label is checked
+against numpy's argmax of the same votes.  Writes ``benchmarks/results/he_circuit_ab-<date>T<HHMM>.json``
+and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def circuit_at(revision: str, directory: Path):
+    """The module ``speed/crypto/circuit.py`` as it was at ``revision`` (imported under another name)."""
+    for name in ("circuit.py", "spec.py"):
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:src/speed/crypto/{name}"],
+                              check=True, capture_output=True, text=True).stdout
+        (directory / name).write_text(text)
+    spec = importlib.util.spec_from_file_location(f"circuit_{revision}", directory / "circuit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="git revision whose circuit code is compared with the working tree's")
+    ap.add_argument("--holders", type=int, default=250)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--workers", type=int, default=2, help="one-query calls side by side per round")
+    a = ap.parse_args()
+
+    import numpy as np
+    from concrete import fhe
+    from tqdm import tqdm
+
+    from speed.bench.he import encrypted_random_votes, paper_spec
+    from speed.crypto import circuit as current
+    from speed.machine import machine
+    from speed.server.aggregator import map_side_by_side
+
+    info = machine()
+    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.base],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    spec = paper_spec(a.holders, a.classes)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = circuit_at(a.base, Path(tmp))
+    circuits = {f"base {revision}": base, f"current {head}": current}
+    compiled = {}
+    for label, code in circuits.items():
+        start = time.perf_counter()
+        module = code.build_module(spec).compile(code.inputsets(spec), code.configuration(spec))
+        compile_s = time.perf_counter() - start
+        module.keygen()
+        votes, blobs = encrypted_random_votes(module, spec, seed=0)
+        compiled[label] = (module, np.argmax(votes.sum(axis=0), axis=1), blobs, {
+            "pbs_per_query": int(module.aggregate.statistics["programmable_bootstrap_count"]),
+            "optimizer_cost": float(module.complexity), "compile_s": compile_s})
+
+    def one_round(label: str) -> tuple[float, bool]:
+        module, expected, blobs, _ = compiled[label]
+        arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(a.workers)]
+        start = time.perf_counter()
+        outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, a.workers)
+        seconds = time.perf_counter() - start
+        ok = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(o)), expected) for o in outs)
+        return seconds / a.workers, ok
+
+    for label in compiled:
+        one_round(label)  # warm-up: the first call of a keyset is slower
+    per_query = {label: [] for label in compiled}
+    correct = {label: True for label in compiled}
+    for _ in tqdm(range(a.rounds), desc="rounds", unit="round"):
+        for label in compiled:
+            seconds, ok = one_round(label)
+            per_query[label].append(seconds)
+            correct[label] &= ok
+    (base_label, current_label) = compiled
+    ratios = [b / c for b, c in zip(per_query[base_label], per_query[current_label])]
+    rows = [{"circuit": label, **compiled[label][3], "s_per_query_rounds": per_query[label],
+             "median_s_per_query": float(np.median(per_query[label])), "correct": correct[label]}
+            for label in compiled]
+    out = ROOT / "benchmarks" / "results"
+    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
+    result = {"machine": info, "holders": a.holders, "classes": a.classes, "rounds": a.rounds,
+              "workers": a.workers, "rows": rows, "base_over_current_per_round": ratios,
+              "median_base_over_current": float(np.median(ratios))}
+    (out / f"he_circuit_ab-{stamp}.json").write_text(json.dumps(result, indent=2))
+    lines = [(f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs; "
+              f"load average at the start {info.get('load_average_1_5_15', ['?'])[0]}. K = {a.classes}, "
+              f"N = {a.holders}, one query per call, {a.workers} calls side by side; {a.rounds} alternating "
+              f"rounds after one warm-up round each."), "",
+             "| circuit code | PBS per query | optimizer cost | compile s | s per query (median) | rounds | correct |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['circuit']} | {r['pbs_per_query']} | {r['optimizer_cost']:.3g} | {r['compile_s']:.0f} | "
+              f"{r['median_s_per_query']:.2f} | {', '.join(f'{s:.2f}' for s in r['s_per_query_rounds'])} | "
+              f"{r['correct']} |" for r in rows]
+    lines += ["", (f"Base / current, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+                   f"(median {result['median_base_over_current']:.2f}).")]
+    (out / f"he_circuit_ab-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
