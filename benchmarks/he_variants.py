@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[dict, dict, int | None]] = {
     "tournament": ({}, {}, None),
     "tournament-chunk1": ({"chunk_bits": 1}, {}, None),
     "tournament-chunk2": ({"chunk_bits": 2}, {}, None),
+    # bit 0 through its own 1-bit table, then 3, 3 and 2 bits (w − 1 = 9 low bits at N = 250)
+    "tournament-bit0-alone": ({"relu_chunks": (1, 3, 3, 2)}, {}, 250),
     "all-pairs": ({"argmax": "all-pairs"}, {}, None),
     "tournament-N20": ({}, {}, 20),
     "tournament-N20-precision-and-norm2": ({}, {"multi_parameter_strategy": "precision_and_norm2"}, 20),

@@ -7,11 +7,14 @@ range; real encrypted execution is covered by tests/test_key_model.py and test_d
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from speed.crypto.circuit import compile_module
 from speed.crypto.spec import CircuitSpec, choose_noise_bound, reference_argmax, signed_width
+from speed.errors import InputError
 
 
 def _cases(spec: CircuitSpec, rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -42,9 +45,12 @@ def _cases(spec: CircuitSpec, rng: np.random.Generator, kind: str) -> np.ndarray
     return votes + noise
 
 
-@pytest.fixture(scope="module", params=["tournament", "all-pairs"])
+@pytest.fixture(scope="module", params=["tournament", "all-pairs", "tournament-chunks-1-2-2"])
 def simulated(request):
-    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, batch_size=100, argmax=request.param)
+    layout, _, chunks = request.param.partition("-chunks-")
+    relu_chunks = tuple(int(c) for c in chunks.split("-")) if chunks else ()
+    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, batch_size=100, argmax=layout,
+                       relu_chunks=relu_chunks)
     return spec, compile_module(spec, simulate=True)
 
 
@@ -110,6 +116,17 @@ def test_tournament_byes_and_ties_exhaustive(k):
     batch[: len(grid)] = grid
     got = np.asarray(module.aggregate.simulate(batch))
     np.testing.assert_array_equal(got[: len(grid)], reference_argmax(grid))
+
+
+def test_relu_chunks_must_cover_the_low_bits():
+    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=[1, 2, 2])  # w = 6
+    assert spec.relu_chunks == (1, 2, 2) and spec.relu_chunk_bounds == [(0, 1), (1, 3), (3, 5)]
+    assert CircuitSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # JSON: a list
+    assert CircuitSpec(num_holders=5, num_classes=10, noise_bound=6).relu_chunk_bounds == [(0, 3), (3, 5)]
+    with pytest.raises(InputError, match="add up"):
+        _ = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(3, 3)).relu_chunk_bounds
+    with pytest.raises(InputError, match="chunk sizes"):
+        CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(0, 5))
 
 
 def test_unknown_argmax_layout_is_refused():

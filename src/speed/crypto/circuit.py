@@ -79,26 +79,33 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     * the bits of d (two's complement) are extracted once, from the least significant up
       (w PBS, exact); the sign bit s = bit_{w−1}, and ``left_wins = 1 − s`` ⇔ a ≥ b, so ties
       go left: the lowest index among equal maxima wins, as :func:`reference_argmax`;
-    * the winner's sum is ``max(a, b) = b + relu(d)`` with ``relu(d) = Σ_c T_c[chunk_c + 2^m·s]``,
-      chunk_c being the c-th group of m = ``chunk_bits`` bits among d's w − 1 low bits and T_c a
-      table that outputs ``2^{c·m}·chunk_c`` when s = 0 and 0 otherwise (⌈(w − 1)/m⌉ PBS);
+    * the winner's sum is ``max(a, b) = b + relu(d)`` with ``relu(d) = Σ_c T_c[chunk_c + 2^{m_c}·s]``,
+      chunk_c being the c-th group of m_c bits among d's w − 1 low bits, from bit start_c up
+      (``spec.relu_chunk_bounds``: m = ``chunk_bits`` = 3 each by default, or the sizes of
+      ``relu_chunks``) and T_c a table that outputs ``2^{start_c}·chunk_c`` when s = 0 and 0
+      otherwise (one PBS per chunk);
     * the winner's index is carried as ⌈log2 K⌉ encrypted bits, ``s ? bit_b : bit_a`` (one
       3-bit table per bit), free in the first round where the indices are clear; the label is
       ``Σ_j 2^j·bit_j``.
 
     Every table input packs extracted bits with small weights, and the tables output values
     already shifted: large clear multipliers on bootstrap outputs amplify their noise, and
-    concrete then chooses larger parameters (measured: docs/he-engine.md).
+    concrete then chooses larger parameters (measured: docs/he-engine.md).  One such multiplier
+    remains: concrete extracts bit j at the chain's precision (w − j bits) and scales it up to a
+    table's input precision, so the tables that read d's lowest bits ask for the least noisy
+    extractions (bit 0 alone in a 1-bit chunk brings the extractions to decomposition level 1,
+    at the price of one more table per match: docs/he-engine.md).
 
-    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + ⌈log2 K⌉ PBS each, against
+    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + ⌈log2 K⌉ PBS each
+    (``spec.bootstraps_per_query`` counts them exactly), against
     K(K − 1)/2 sign tests of w − 1 PBS for the all-pairs layout.
     """
     width = spec.difference_width
-    chunk = spec.chunk_bits
+    chunks = spec.relu_chunk_bounds
     k = spec.num_classes
     index_bits = max(1, int(k - 1).bit_length())
-    keep_chunk = {start: fhe.LookupTable([u << start for u in range(2**chunk)] + [0] * 2**chunk)
-                  for start in range(0, width - 1, chunk)}
+    keep_chunk = {(start, stop): fhe.LookupTable([u << start for u in range(2 ** (stop - start))] + [0] * 2 ** (stop - start))
+                  for start, stop in chunks}
     pick_bit = fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])  # bit_a + 2·bit_b + 4·sign -> sign ? bit_b : bit_a
     values = class_sums
     positions = np.arange(k, dtype=np.int64)
@@ -124,12 +131,11 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
                 label = label + winner_index[j] * 2**j
             return label[:, 0]
         relu = None
-        for start in range(0, width - 1, chunk):
-            stop = min(start + chunk, width - 1)
+        for start, stop in chunks:
             chunk_value = bits[start]
             for j in range(start + 1, stop):
                 chunk_value = chunk_value + bits[j] * 2 ** (j - start)
-            part = keep_chunk[start][chunk_value + sign * 2**chunk]
+            part = keep_chunk[start, stop][chunk_value + sign * 2 ** (stop - start)]
             relu = part if relu is None else relu + part
         winner_value = values[:, right] + relu
         if m % 2:

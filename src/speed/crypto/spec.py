@@ -90,6 +90,7 @@ class CircuitSpec:
     security_level: int = 128
     argmax: str = "tournament"  # "tournament" (K − 1 matches) or "all-pairs" (K(K − 1)/2 sign tests)
     chunk_bits: int = 3  # tournament: bits per table lookup when selecting the larger sum
+    relu_chunks: tuple[int, ...] = ()  # tournament: explicit chunk sizes from the LSB up (sum w − 1); () = chunk_bits each
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -104,6 +105,9 @@ class CircuitSpec:
             raise InputError(f"argmax must be one of {', '.join(ARGMAX_LAYOUTS)}, got {self.argmax!r}")
         if not 1 <= self.chunk_bits <= 6:
             raise InputError(f"chunk_bits must be in [1, 6], got {self.chunk_bits}")
+        object.__setattr__(self, "relu_chunks", tuple(int(c) for c in self.relu_chunks))  # JSON gives a list
+        if not all(1 <= c <= 6 for c in self.relu_chunks):
+            raise InputError(f"relu chunk sizes must be in [1, 6], got {list(self.relu_chunks)}")
 
     @property
     def sum_width(self) -> int:
@@ -141,20 +145,29 @@ class CircuitSpec:
         return self.num_classes * (self.num_classes - 1) // 2
 
     @property
+    def relu_chunk_bounds(self) -> list[tuple[int, int]]:
+        """Tournament: the (start, stop) bit ranges of d's w − 1 low bits, one relu table each."""
+        low_bits = self.difference_width - 1
+        sizes = list(self.relu_chunks) or [self.chunk_bits] * -(-low_bits // self.chunk_bits)
+        if self.relu_chunks and sum(sizes) != low_bits:
+            raise InputError(f"relu chunk sizes {sizes} must add up to the difference's {low_bits} low bits")
+        starts = np.cumsum([0, *sizes[:-1]])
+        return [(int(start), min(int(start) + size, low_bits)) for start, size in zip(starts, sizes)]
+
+    @property
     def bootstraps_per_query(self) -> int:
         """PBS per query of the compiled argmax (concrete's count; tests/test_argmax.py checks it).
 
         Tournament: every match extracts the w bits of its difference, every match but the final
-        adds ⌈(w − 1)/m⌉ relu chunks, and every match after the first round picks ⌈log2 K⌉ index
+        adds one relu table per chunk (⌈(w − 1)/m⌉ of them), and every match after the first round picks ⌈log2 K⌉ index
         bits: ``(K − 1)·w + (K − 2)·⌈(w − 1)/m⌉ + (K − 1 − ⌊K/2⌋)·⌈log2 K⌉`` (130 at K = 10,
         N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).
         """
         k, w = self.num_classes, self.difference_width
         if self.argmax == "all-pairs":
             return self.pair_count * (w - 1) + k
-        relu_chunks = -(-(w - 1) // self.chunk_bits)
         index_bits = max(1, int(k - 1).bit_length())
-        return (k - 1) * w + (k - 2) * relu_chunks + (k - 1 - k // 2) * index_bits
+        return (k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + (k - 1 - k // 2) * index_bits
 
     def to_dict(self) -> dict:
         return asdict(self)
