@@ -1,7 +1,7 @@
 """Server time per query of two revisions of the circuit code, in alternating rounds (issue 3).
 
     .venv/bin/python benchmarks/he_circuit_ab.py --base REV [--holders 250] [--classes 10]
-        [--rounds 6] [--workers 2]
+        [--rounds 6] [--workers 2] [--base-spec JSON] [--current-spec JSON]
 
 ``REV`` is any git revision of this repository; its ``src/speed/crypto/circuit.py`` (and the
 ``spec.py`` next to it, for the compile-cache digest) is loaded beside the working tree's and both
@@ -9,7 +9,9 @@ circuits are compiled in this process.  Each round runs, for each circuit in tur
 one-query calls side by side as :class:`speed.server.AggregationServer` does; rounds alternate so
 that a machine whose speed drifts (shared 2-vCPU machines drift 20–30 % within hours) affects both
 alike, and the per-round ratio is reported next to the medians.  Every decrypted label is checked
-against numpy's argmax of the same votes.  Writes ``benchmarks/results/he_circuit_ab-<date>T<HHMM>.json``
+against numpy's argmax of the same votes.  ``--base-spec`` / ``--current-spec`` add
+:class:`~speed.crypto.spec.CircuitSpec` fields to one side (e.g. ``'{"relu_chunks": [1, 3, 3, 2]}'``
+with ``--base HEAD`` compares two layouts of the same code).  Writes ``benchmarks/results/he_circuit_ab-<date>T<HHMM>.json``
 and ``.md``.
 """
 
@@ -47,6 +49,8 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2, help="one-query calls side by side per round")
+    ap.add_argument("--base-spec", type=json.loads, default={}, help="CircuitSpec fields for the base side (JSON)")
+    ap.add_argument("--current-spec", type=json.loads, default={}, help="CircuitSpec fields for the current side (JSON)")
     a = ap.parse_args()
 
     import numpy as np
@@ -63,12 +67,15 @@ def main() -> int:
                               check=True, capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    spec = paper_spec(a.holders, a.classes)
     with tempfile.TemporaryDirectory() as tmp:
         base = circuit_at(a.base, Path(tmp))
-    circuits = {f"base {revision}": base, f"current {head}": current}
+    circuits = {f"base {revision} {json.dumps(a.base_spec) if a.base_spec else ''}".strip(): (base, a.base_spec),
+                f"current {head} {json.dumps(a.current_spec) if a.current_spec else ''}".strip(): (current, a.current_spec)}
+    if len(circuits) < 2:
+        ap.error("base and current are the same code and spec: nothing to compare")
     compiled = {}
-    for label, code in circuits.items():
+    for label, (code, overrides) in circuits.items():
+        spec = paper_spec(a.holders, a.classes, **overrides)
         start = time.perf_counter()
         module = code.build_module(spec).compile(code.inputsets(spec), code.configuration(spec))
         compile_s = time.perf_counter() - start
@@ -104,6 +111,7 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results"
     stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     result = {"machine": info, "holders": a.holders, "classes": a.classes, "rounds": a.rounds,
+              "base_spec": a.base_spec, "current_spec": a.current_spec,
               "workers": a.workers, "rows": rows, "base_over_current_per_round": ratios,
               "median_base_over_current": float(np.median(ratios))}
     (out / f"he_circuit_ab-{stamp}.json").write_text(json.dumps(result, indent=2))
