@@ -123,6 +123,9 @@ def test_relu_chunks_must_cover_the_low_bits():
     assert spec.relu_chunks == (1, 2, 2) and spec.relu_chunk_bounds == [(0, 1), (1, 3), (3, 5)]
     assert CircuitSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # JSON: a list
     assert CircuitSpec(num_holders=5, num_classes=10, noise_bound=6).relu_chunk_bounds == [(0, 3), (3, 5)]
+    wide = CircuitSpec(num_holders=250, num_classes=10, noise_bound=9)  # w = 10: bit 0 read alone
+    assert wide.difference_width == 10 and wide.relu_chunk_sizes == (1, 3, 3, 2)
+    assert wide.bootstraps_per_query == 9 * 10 + 8 * 4 + 4 * 4
     with pytest.raises(InputError, match="add up"):
         _ = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(3, 3)).relu_chunk_bounds
     with pytest.raises(InputError, match="chunk sizes"):

@@ -110,6 +110,7 @@ def run(
         "pad_mode": pad_mode,
         "argmax": argmax,
         "chunk_bits": chunk_bits if argmax == "tournament" else None,
+        "relu_chunks": list(spec.relu_chunk_sizes) if argmax == "tournament" else None,  # bits per relu table, LSB first
         "median_server_s_per_query": float(np.median(per_query)),  # server wall time / queries answered
         "median_query_latency_s": float(np.median(result.server_call_seconds)),  # a query waits for its whole call
         "server_workers": server.workers,
