@@ -106,10 +106,10 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     index_bits = max(1, int(k - 1).bit_length())
     keep_chunk = {(start, stop): fhe.LookupTable([u << start for u in range(2 ** (stop - start))] + [0] * 2 ** (stop - start))
                   for start, stop in chunks}
-    pick_bit = fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])  # bit_a + 2·bit_b + 4·sign -> sign ? bit_b : bit_a
     values = class_sums
-    positions = np.arange(k, dtype=np.int64)
-    index = None  # list of index_bits encrypted (B, m) bit tensors once a round has been played
+    # the winner's index, bit by bit and column by column: a clear int while every candidate for
+    # that column agrees on the bit (the bracket is public), else an encrypted (B, 1) tensor
+    index = [[(c >> j) & 1 for c in range(k)] for j in range(index_bits)]
     while True:
         m = values.shape[1]
         half = m // 2
@@ -119,16 +119,10 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
         # extract the top chunk's bits a second time (2 more PBS per match with a relu)
         bits = [fhe.bits(difference)[j] for j in range(width)]
         sign = bits[width - 1]  # 1 iff a < b: the right side wins
-        if index is None:
-            bits_left = [(positions[left] >> j) & 1 for j in range(index_bits)]
-            bits_right = [(positions[right] >> j) & 1 for j in range(index_bits)]
-            winner_index = [bl + sign * (br - bl) for bl, br in zip(bits_left, bits_right)]
-        else:
-            winner_index = [pick_bit[bits[:, left] + 2 * bits[:, right] + 4 * sign] for bits in index]
+        index = [[_select_index_bit(fhe, column[2 * p], column[2 * p + 1], sign[:, [p]]) for p in range(half)]
+                 + ([column[m - 1]] if m % 2 else []) for column in index]
         if m == 2:
-            label = winner_index[0]
-            for j in range(1, index_bits):
-                label = label + winner_index[j] * 2**j
+            label = sum(bit[0] * 2**j for j, bit in enumerate(index))
             return label[:, 0]
         relu = None
         for start, stop in chunks:
@@ -139,14 +133,25 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
             relu = part if relu is None else relu + part
         winner_value = values[:, right] + relu
         if m % 2:
-            last = values[:, [m - 1]]
-            winner_value = np.concatenate((winner_value, last), axis=1)
-            if index is None:
-                tail = [last * 0 + int((positions[m - 1] >> j) & 1) for j in range(index_bits)]
-            else:
-                tail = [bits[:, [m - 1]] for bits in index]
-            winner_index = [np.concatenate((w, t), axis=1) for w, t in zip(winner_index, tail)]
-        values, index = winner_value, winner_index
+            winner_value = np.concatenate((winner_value, values[:, [m - 1]]), axis=1)
+        values = winner_value
+
+
+def _select_index_bit(fhe, left, right, sign):
+    """One bit of a match winner's index, ``sign ? right : left``, with as few PBS as the bits allow.
+
+    ``left`` / ``right``: a clear int (the bit is the same for every class that can reach that
+    side) or an encrypted (B, 1) bit.  Clear and equal: no PBS; clear and different: ``sign`` or
+    ``1 − sign`` (leveled); one side clear: a table on ``bit + 2·sign`` (2-bit input); both
+    encrypted: a table on ``left + 2·right + 4·sign`` (3-bit input).
+    """
+    if isinstance(left, int) and isinstance(right, int):
+        return left if left == right else (sign if right else 1 - sign)
+    if isinstance(left, int):  # input right + 2·sign
+        return fhe.LookupTable([left, left, 0, 1])[right + 2 * sign]
+    if isinstance(right, int):  # input left + 2·sign
+        return fhe.LookupTable([0, 1, right, right])[left + 2 * sign]
+    return fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])[left + 2 * right + 4 * sign]
 
 
 def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):

@@ -183,15 +183,14 @@ class CircuitSpec:
         """PBS per query of the compiled argmax (concrete's count; tests/test_argmax.py checks it).
 
         Tournament: every match extracts the w bits of its difference, every match but the final
-        adds one relu table per chunk (⌈(w − 1)/m⌉ of them), and every match after the first round picks ⌈log2 K⌉ index
-        bits: ``(K − 1)·w + (K − 2)·⌈(w − 1)/m⌉ + (K − 1 − ⌊K/2⌋)·⌈log2 K⌉`` (130 at K = 10,
-        N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).
+        adds one relu table per chunk, and carrying the winner's index costs
+        :func:`tournament_index_tables` tables: ``(K − 1)·w + (K − 2)·chunks + index tables``
+        (129 at K = 10, N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).
         """
         k, w = self.num_classes, self.difference_width
         if self.argmax == "all-pairs":
             return self.pair_count * (w - 1) + k
-        index_bits = max(1, int(k - 1).bit_length())
-        return (k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + (k - 1 - k // 2) * index_bits
+        return (k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + tournament_index_tables(k)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,6 +233,28 @@ class CircuitSpec:
         """Per query: some holder's share clipped to ±S (changes the noise law: goes to δ)."""
         tail = share_tail(self.share_bound, self.num_holders, scale * self.resolution)
         return float(min(1.0, self.num_classes * self.num_holders * tail))
+
+
+def tournament_index_tables(num_classes: int) -> int:
+    """Tables (PBS) the tournament spends per query on carrying the winner's index.
+
+    Walks the public bracket (neighbours paired, an odd last entry passes through) with each
+    index bit of each entry either known (the same for every class that can be there) or
+    encrypted: a match costs nothing for a bit both sides know (equal: that value; different:
+    the sign bit or its complement), one table when one side's bit is encrypted, one table when
+    both are (:func:`speed.crypto.circuit._select_index_bit`).  K = 10: 7 tables (16 when every bit
+    of every match went through a table).
+    """
+    index_bits = max(1, int(num_classes - 1).bit_length())
+    entries = [[(c >> j) & 1 for j in range(index_bits)] for c in range(num_classes)]  # None = encrypted
+    tables = 0
+    while len(entries) > 1:
+        winners = []
+        for left, right in zip(entries[0::2], entries[1::2]):
+            tables += sum(1 for a, b in zip(left, right) if a is None or b is None)
+            winners.append([a if a == b and a is not None else None for a, b in zip(left, right)])
+        entries = winners + ([entries[-1]] if len(entries) % 2 else [])
+    return tables
 
 
 def _circuit_code_digest() -> str:
