@@ -25,8 +25,14 @@ VARIANTS: dict[str, tuple[dict, dict, int | None]] = {
     "tournament": ({}, {}, None),
     "tournament-chunk1": ({"chunk_bits": 1}, {}, None),
     "tournament-chunk2": ({"chunk_bits": 2}, {}, None),
-    # bit 0 through its own 1-bit table, then 3, 3 and 2 bits (w − 1 = 9 low bits at N = 250)
+    # relu chunks at N = 250 (w − 1 = 9 low bits): bit 0 alone (the default there since 2026-11-30)
+    # or three 3-bit chunks (the default before)
     "tournament-bit0-alone": ({"relu_chunks": (1, 3, 3, 2)}, {}, 250),
+    "tournament-chunks-3-3-3": ({"relu_chunks": (3, 3, 3)}, {}, 250),
+    # the same choice at N = 20 (w = 7: default three 3-bit chunks) and N = 1000 (w = 11: default 1, 3, 3, 3)
+    "tournament-N20-bit0-alone": ({"relu_chunks": (1, 3, 2)}, {}, 20),
+    "tournament-N1000": ({}, {}, 1000),
+    "tournament-N1000-chunks-3-3-3-1": ({"relu_chunks": (3, 3, 3, 1)}, {}, 1000),
     "all-pairs": ({"argmax": "all-pairs"}, {}, None),
     "tournament-N20": ({}, {}, 20),
     "tournament-N20-precision-and-norm2": ({}, {"multi_parameter_strategy": "precision_and_norm2"}, 20),
