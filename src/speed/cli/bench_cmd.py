@@ -53,8 +53,10 @@ def run_he(args: argparse.Namespace) -> int:
         f"HE engine — K={r['classes']}, N={r['holders']}, {r['queries']} queries, batch {r['batch_size']}, "
         f"{r['argmax']} argmax",
         [
-            ("server", [("median s / query", r["median_server_s_per_query"]),
+            ("server", [(f"median s / query (calls after the first: {r['server_calls_in_medians']})",
+                         r["median_server_s_per_query"]),
                         ("median latency s (one call)", r["median_query_latency_s"]),
+                        ("first call s (queries)", f"{r['first_server_call_s']:.2f} ({r['first_server_call_queries']})"),
                         ("batches side by side × threads each", f"{r['server_workers']} × {r['server_threads_per_batch']}"),
                         ("throughput queries / s", r["throughput_queries_per_s"]),
                         ("exact / queries", f"{r['exact']} / {r['queries']}"),
