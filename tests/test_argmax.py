@@ -132,16 +132,16 @@ def test_relu_chunks_must_cover_the_low_bits():
     wide = CircuitSpec(num_holders=250, num_classes=10, noise_bound=9)  # w = 10: bit 0 read alone
     assert wide.difference_width == 10 and wide.relu_chunk_sizes == (1, 3, 3, 2)
     assert wide.bootstraps_per_query == 9 * 10 + 8 * 4 + 7
+    with pytest.raises(InputError, match="add up"):
+        _ = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(3, 3)).relu_chunk_bounds
+    with pytest.raises(InputError, match="chunk sizes"):
+        CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(0, 5))
 
 
 def test_index_tables_skip_bits_the_bracket_fixes():
     """K = 10: (0, 1) vs (2, 3) needs a table only for bit 0 (bit 1 is the sign, bits 2, 3 are 0);
     the final (0–7 vs 8, 9) needs tables for bits 0–2 (bit 3 is the sign): 1 + 1 + 2 + 3."""
     assert [tournament_index_tables(k) for k in (2, 3, 4, 5, 8, 10)] == [0, 1, 1, 3, 4, 7]
-    with pytest.raises(InputError, match="add up"):
-        _ = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(3, 3)).relu_chunk_bounds
-    with pytest.raises(InputError, match="chunk sizes"):
-        CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, relu_chunks=(0, 5))
 
 
 def test_unknown_argmax_layout_is_refused():

@@ -13,7 +13,7 @@ is a valid input of ``aggregate``:
 
   - ``"tournament"`` (default, :func:`tournament_argmax`): K − 1 knockout matches in
     ⌈log2 K⌉ rounds; each extracts the bits of ``c_a − c_b`` once (sign and the chunks of
-    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  130 PBS per
+    relu(c_a − c_b) that select the larger sum) and carries the winner's index.  129 PBS per
     query at K = 10, N = 250.
   - ``"all-pairs"`` (:func:`all_pairs_argmax`, SPEC §5 at depth 2): for every pair i < j,
     ``g_ij = [trunc(c_i − c_j, w − 2) ≥ 0]`` (truncation is a floor, so its sign is exactly
@@ -84,9 +84,9 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
       (``spec.relu_chunk_bounds``: m = ``chunk_bits`` = 3 each by default, or the sizes of
       ``relu_chunks``) and T_c a table that outputs ``2^{start_c}·chunk_c`` when s = 0 and 0
       otherwise (one PBS per chunk);
-    * the winner's index is carried as ⌈log2 K⌉ encrypted bits, ``s ? bit_b : bit_a`` (one
-      3-bit table per bit), free in the first round where the indices are clear; the label is
-      ``Σ_j 2^j·bit_j``.
+    * the winner's index is carried as ⌈log2 K⌉ bits, ``s ? bit_b : bit_a``, each clear while
+      the public bracket fixes it and encrypted otherwise; a table only where a side's bit is
+      encrypted (:func:`_select_index_bit`); the label is ``Σ_j 2^j·bit_j``.
 
     Every table input packs extracted bits with small weights, and the tables output values
     already shifted: large clear multipliers on bootstrap outputs amplify their noise, and
@@ -96,9 +96,9 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     extractions (bit 0 alone in a 1-bit chunk brings the extractions to decomposition level 1,
     at the price of one more table per match: docs/he-engine.md).
 
-    K − 1 matches in ⌈log2 K⌉ rounds, about w + ⌈(w − 1)/m⌉ + ⌈log2 K⌉ PBS each
-    (``spec.bootstraps_per_query`` counts them exactly), against
-    K(K − 1)/2 sign tests of w − 1 PBS for the all-pairs layout.
+    K − 1 matches in ⌈log2 K⌉ rounds, w PBS each plus one per relu chunk (not in the final) and
+    a few index tables (``spec.bootstraps_per_query`` counts them exactly), against K(K − 1)/2
+    sign tests of w − 1 PBS for the all-pairs layout.
     """
     width = spec.difference_width
     chunks = spec.relu_chunk_bounds
