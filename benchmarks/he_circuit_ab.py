@@ -54,13 +54,16 @@ def main() -> int:
     a = ap.parse_args()
 
     import numpy as np
-    from concrete import fhe
-    from tqdm import tqdm
 
-    from speed.bench.he import encrypted_random_votes, paper_spec
+    from speed.bench.he import (
+        alternating_rounds,
+        keyed_with_votes,
+        paper_spec,
+        timed_side_by_side,
+    )
+    from speed.bench.results import save_result
     from speed.crypto import circuit as current
     from speed.machine import machine
-    from speed.server.aggregator import map_side_by_side
 
     info = machine()
     revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.base],
@@ -73,48 +76,26 @@ def main() -> int:
                 f"current {head} {json.dumps(a.current_spec) if a.current_spec else ''}".strip(): (current, a.current_spec)}
     if len(circuits) < 2:
         ap.error("base and current are the same code and spec: nothing to compare")
-    compiled = {}
+    compiled, statistics = {}, {}
     for label, (code, overrides) in circuits.items():
         spec = paper_spec(a.holders, a.classes, **overrides)
         start = time.perf_counter()
-        module = code.build_module(spec).compile(code.inputsets(spec), code.configuration(spec))
-        compile_s = time.perf_counter() - start
-        module.keygen()
-        votes, blobs = encrypted_random_votes(module, spec, seed=0)
-        compiled[label] = (module, np.argmax(votes.sum(axis=0), axis=1), blobs, {
-            "pbs_per_query": int(module.aggregate.statistics["programmable_bootstrap_count"]),
-            "optimizer_cost": float(module.complexity), "compile_s": compile_s})
-
-    def one_round(label: str) -> tuple[float, bool]:
-        module, expected, blobs, _ = compiled[label]
-        arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(a.workers)]
-        start = time.perf_counter()
-        outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, a.workers)
-        seconds = time.perf_counter() - start
-        ok = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(o)), expected) for o in outs)
-        return seconds / a.workers, ok
-
-    for label in compiled:
-        one_round(label)  # warm-up: the first call of a keyset is slower
-    per_query = {label: [] for label in compiled}
-    correct = {label: True for label in compiled}
-    for _ in tqdm(range(a.rounds), desc="rounds", unit="round"):
-        for label in compiled:
-            seconds, ok = one_round(label)
-            per_query[label].append(seconds)
-            correct[label] &= ok
+        module = code.compile_module(spec)
+        statistics[label] = {"pbs_per_query": int(module.aggregate.statistics["programmable_bootstrap_count"]),
+                             "optimizer_cost": float(module.complexity), "compile_s": time.perf_counter() - start}
+        compiled[label] = keyed_with_votes(module, spec, seed=0)
+    per_query, correct = alternating_rounds(
+        {label: (lambda label=label: timed_side_by_side(*compiled[label], calls=a.workers)) for label in compiled},
+        a.rounds)
     (base_label, current_label) = compiled
     ratios = [b / c for b, c in zip(per_query[base_label], per_query[current_label])]
-    rows = [{"circuit": label, **compiled[label][3], "s_per_query_rounds": per_query[label],
+    rows = [{"circuit": label, **statistics[label], "s_per_query_rounds": per_query[label],
              "median_s_per_query": float(np.median(per_query[label])), "correct": correct[label]}
             for label in compiled]
-    out = ROOT / "benchmarks" / "results"
-    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     result = {"machine": info, "holders": a.holders, "classes": a.classes, "rounds": a.rounds,
               "base_spec": a.base_spec, "current_spec": a.current_spec,
               "workers": a.workers, "rows": rows, "base_over_current_per_round": ratios,
               "median_base_over_current": float(np.median(ratios))}
-    (out / f"he_circuit_ab-{stamp}.json").write_text(json.dumps(result, indent=2))
     lines = [(f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs; "
               f"load average at the start {info.get('load_average_1_5_15', ['?'])[0]}. K = {a.classes}, "
               f"N = {a.holders}, one query per call, {a.workers} calls side by side; {a.rounds} alternating "
@@ -126,8 +107,7 @@ def main() -> int:
               f"{r['correct']} |" for r in rows]
     lines += ["", (f"Base / current, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
                    f"(median {result['median_base_over_current']:.2f}).")]
-    (out / f"he_circuit_ab-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_result(ROOT / "benchmarks" / "results", "he_circuit_ab", result, lines)
     return 0
 
 

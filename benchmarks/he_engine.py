@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.bench.results import save_result  # noqa: E402
 from speed.machine import machine  # noqa: E402
 from speed.crypto.spec import ARGMAX_LAYOUTS  # noqa: E402
 
@@ -78,19 +79,14 @@ def main() -> int:
                 print(f"{argmax} K={k} N={n} ...", file=sys.stderr, flush=True)
                 rows.append(run_one(k, n, args.queries, args.limit, args.cache_dir, argmax))
                 print("  ", rows[-1].get("status"), rows[-1].get("median_server_s_per_query"), file=sys.stderr)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     info = {**machine(), "load_average_at_start": load_at_start}
-    (out / f"he_engine-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     lines = [f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs, {info['platform']}; "
              f"load average at the start {load_at_start[0]:.2f}.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " | status |",
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(key, "")) for key, _ in COLUMNS) + f" | {r['status']} |")
-    (out / f"he_engine-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_result(Path(__file__).parent / "results", "he_engine", {"machine": info, "rows": rows}, lines)
     return 0
 
 

@@ -38,33 +38,33 @@ def measure(variant: str, holders: int, classes: int, batch: int, calls: int, wo
     aggregation server does (:class:`speed.server.AggregationServer`); a round's wall time over
     its ``workers × batch`` queries is the time per query."""
     import numpy as np
-    from concrete import fhe
 
-    from speed.bench.he import encrypted_random_votes, paper_spec, pbs_per_parameter
-    from speed.crypto import circuit
-    from speed.server.aggregator import (
-        available_cpus,
-        map_side_by_side,
-        threads_per_call,
+    from speed.bench.he import (
+        keyed_with_votes,
+        paper_spec,
+        pbs_per_parameter,
+        timed_side_by_side,
     )
+    from speed.crypto import circuit
+    from speed.crypto.spec import reference_argmax
+    from speed.server.aggregator import available_cpus, threads_per_call
 
     spec = paper_spec(holders, classes, batch_size=batch)
+    reference = reference_argmax
     if variant == "sums-only":
-        circuit.argmax_from_sums = lambda spec, fhe, sums: sums[:, 0] - sums[:, 1]
+        def reference(sums):
+            return sums[:, 0] - sums[:, 1]
+
+        circuit.argmax_from_sums = lambda spec, fhe, sums: reference(sums)
     start = time.perf_counter()
-    module = circuit.build_module(spec).compile(circuit.inputsets(spec), circuit.configuration(spec))
+    module = circuit.compile_module(spec)
     compile_s = time.perf_counter() - start
-    module.keygen()
-    votes, blobs = encrypted_random_votes(module, spec, seed=0)
-    seconds, outs = [], []
-    for _ in range(calls + 1):
-        arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(workers)]
-        t0 = time.perf_counter()
-        outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, workers)
-        seconds.append(time.perf_counter() - t0)
-    sums = votes.sum(axis=0)
-    expected = sums[:, 0] - sums[:, 1] if variant == "sums-only" else np.argmax(sums, axis=1)
-    correct = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(out)), expected) for out in outs)
+    module, blobs, expected = keyed_with_votes(module, spec, seed=0, reference=reference)
+    seconds, correct = [], True
+    for _ in range(calls + 1):  # the first call (slower) apart
+        per_query, ok = timed_side_by_side(module, blobs, expected, workers)
+        seconds.append(per_query * batch * workers)
+        correct &= ok
     stats = module.aggregate.statistics
     return {
         "variant": variant, "holders": holders, "classes": classes, "batch_size": batch,
@@ -103,6 +103,7 @@ def main() -> int:
         print(json.dumps(measure(a.child, a.holders, a.classes, a.batch, a.calls, a.workers)))
         return 0
 
+    from speed.bench.results import save_result
     from speed.machine import machine
 
     info = machine()
@@ -117,9 +118,6 @@ def main() -> int:
         rows.append(child(variant, a.holders, a.classes, batch, calls, cpus, workers))
         print("  ", {k: rows[-1].get(k) for k in ("median_s_per_query", "first_round_s", "correct", "error")},
               file=sys.stderr, flush=True)
-    out = Path(__file__).parent / "results"
-    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
-    (out / f"he_profile-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     lines = [f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs; "
              f"load average at the start {info.get('load_average_1_5_15', ['?'])[0]}. "
              f"K = {a.classes}, N = {a.holders}.", "",
@@ -138,8 +136,7 @@ def main() -> int:
                   "| PBS | polynomial size | GLWE dimension | LWE dimension | level | base log |", "|---|---|---|---|---|---|"]
         lines += [f"| {p['count']} | {p['polynomial_size']} | {p['glwe_dimension']} | {p['input_lwe_dimension']} | "
                   f"{p['level']} | {p['base_log']} |" for p in default["pbs_per_parameter"]]
-    (out / f"he_profile-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_result(Path(__file__).parent / "results", "he_profile", {"machine": info, "rows": rows}, lines)
     return 0
 
 

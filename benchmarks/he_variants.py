@@ -76,6 +76,7 @@ def main() -> int:
     if a.child:
         print(json.dumps(compile_variant(a.child, a.holders)))
         return 0
+    from speed.bench.results import save_result
     from speed.machine import machine
 
     info, rows = machine(), []
@@ -89,9 +90,6 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             rows.append({"variant": name, "status": f"did not compile in {a.limit} s"})
         print("  ", {k: rows[-1].get(k) for k in ("complexity", "pbs", "compile_s", "status")}, file=sys.stderr)
-    out = Path(__file__).parent / "results"
-    stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
-    (out / f"he_variants-{stamp}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     lines = [(f"Compiled {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs "
               f"(load average {info.get('load_average_1_5_15')}); K = 10."), "",
              ("| variant | N | optimizer complexity | PBS | PBS per parameter set (count × poly size/GLWE dim/level) | "
@@ -105,8 +103,7 @@ def main() -> int:
         lines.append(f"| {r['variant']} | {r['holders']} | {r['complexity']:.3g} | {r['pbs']} | {params} | "
                      f"{r['bootstrap_key_bytes'] / 1e6:.0f} MB | {r['keyswitch_key_bytes'] / 1e6:.0f} MB | "
                      f"{r['compile_s']:.0f} |")
-    (out / f"he_variants-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_result(Path(__file__).parent / "results", "he_variants", {"machine": info, "rows": rows}, lines)
     return 0
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from speed.crypto.circuit import server_program_path
-from speed.crypto.spec import CircuitSpec, choose_noise_bound
+from speed.crypto.spec import CircuitSpec, choose_noise_bound, reference_argmax
 from speed.holder import DataHolder
 from speed.machine import machine
 from speed.owner.owner import ModelOwner
@@ -43,6 +44,53 @@ def encrypted_random_votes(module, spec: CircuitSpec, seed: int) -> tuple[np.nda
     votes = np.eye(k, dtype=np.int64)[rng.integers(0, k, size=(n, b))]
     votes[0] += rng.integers(-spec.noise_bound, spec.noise_bound + 1, size=(b, k))
     return votes, [v.serialize() for v in module.aggregate.encrypt(*votes)]
+
+
+def keyed_with_votes(
+    module, spec: CircuitSpec, seed: int, reference: Callable[[np.ndarray], np.ndarray] = reference_argmax,
+) -> tuple[Any, list[bytes], np.ndarray]:
+    """Benchmarks that call ``aggregate`` directly: ``module`` (compiled for ``spec``) with fresh
+    keys, the serialized encryptions of :func:`encrypted_random_votes` and what ``reference`` (by
+    default numpy's argmax, lowest index among ties) gives their class sums (B, K): the first
+    arguments of :func:`timed_side_by_side`, in its order."""
+    module.keygen()
+    votes, blobs = encrypted_random_votes(module, spec, seed)
+    return module, blobs, reference(votes.sum(axis=0))
+
+
+def timed_side_by_side(module, blobs: list[bytes], expected: np.ndarray, calls: int) -> tuple[float, bool]:
+    """One round: ``calls`` calls of ``module.aggregate`` on copies of the same inputs, side by side
+    as the server runs them (:func:`speed.server.aggregator.map_side_by_side`).  Returns the wall
+    time per query and whether every decrypted label equals ``expected``."""
+    from concrete import fhe
+
+    from speed.server.aggregator import map_side_by_side
+
+    arguments = [[fhe.Value.deserialize(b) for b in blobs] for _ in range(calls)]
+    start = time.perf_counter()
+    outs = map_side_by_side(lambda values: module.aggregate.run(*values), arguments, calls)
+    seconds = time.perf_counter() - start
+    ok = all(np.array_equal(np.atleast_1d(module.aggregate.decrypt(o)), expected) for o in outs)
+    return seconds / (len(expected) * calls), ok
+
+
+def alternating_rounds(rounds_of: dict, rounds: int) -> tuple[dict, dict]:
+    """Time every entry of ``rounds_of`` (key -> a function returning (s per query, correct)) in
+    ``rounds`` alternating rounds after one warm-up call each (the first call of a keyset is
+    slower), so that a machine whose speed drifts affects every entry alike.  Returns the seconds
+    per query of each round and whether every round was correct, per key."""
+    from tqdm import tqdm
+
+    for run_round in rounds_of.values():
+        run_round()
+    per_query = {key: [] for key in rounds_of}
+    correct = dict.fromkeys(rounds_of, True)
+    for _ in tqdm(range(rounds), desc="rounds", unit="round"):
+        for key, run_round in rounds_of.items():
+            seconds, ok = run_round()
+            per_query[key].append(seconds)
+            correct[key] &= ok
+    return per_query, correct
 
 
 def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, agreement: float) -> np.ndarray:
@@ -108,7 +156,7 @@ def run(
     return {
         "classes": num_classes,
         "holders": num_holders,
-        "queries": int(len(result.labels)),
+        "queries": len(result.labels),
         "batch_size": batch_size,
         "pad_mode": pad_mode,
         "argmax": argmax,
