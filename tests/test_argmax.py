@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from speed.bench.he import pbs_per_parameter
 from speed.crypto.circuit import compile_module
 from speed.crypto.spec import (
     CircuitSpec,
@@ -80,6 +81,27 @@ def test_compiled_bootstrap_count_matches_the_layout(simulated):
     ``fhe.bits(d)[6:9]`` separately once cost 2 more PBS per match)."""
     spec, module = simulated
     assert module.aggregate.statistics["programmable_bootstrap_count"] == spec.batch_size * spec.bootstraps_per_query
+
+
+def test_parameter_search_keeps_to_the_glwe_dimensions(simulated):
+    """Every bootstrap uses a GLWE dimension the spec allows (by default 1 or 2: smaller keys to
+    stream per PBS); unrestricted, concrete picks dimension 4 for part of this same circuit."""
+    spec, module = simulated
+    assert spec.glwe_dimensions == (1, 2)
+    used = {p["glwe_dimension"] for p in pbs_per_parameter(module.aggregate.statistics)}
+    assert used and used <= set(spec.glwe_dimensions)
+    if spec.argmax == "tournament" and not spec.relu_chunks:
+        free = compile_module(CircuitSpec(**{**spec.to_dict(), "glwe_dimensions": ()}), simulate=True)
+        assert max(p["glwe_dimension"] for p in pbs_per_parameter(free.aggregate.statistics)) > 2
+
+
+def test_glwe_dimensions_are_checked_and_survive_json():
+    spec = CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, glwe_dimensions=[2, 1, 2])
+    assert spec.glwe_dimensions == (1, 2)
+    assert CircuitSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, glwe_dimensions=()).glwe_dimensions == ()
+    with pytest.raises(InputError, match="GLWE dimensions"):
+        CircuitSpec(num_holders=5, num_classes=10, noise_bound=6, glwe_dimensions=(0, 1))
 
 
 def test_difference_width_covers_range():

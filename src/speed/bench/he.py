@@ -162,6 +162,7 @@ def run(
         "argmax": argmax,
         "chunk_bits": chunk_bits if argmax == "tournament" else None,
         "relu_chunks": list(spec.relu_chunk_sizes) if argmax == "tournament" else None,  # bits per relu table, LSB first
+        "glwe_dimensions_allowed": list(spec.glwe_dimensions),  # concrete's parameter search ([] = any)
         "median_server_s_per_query": float(np.median(per_query[timed])),  # server wall time / queries answered
         "median_query_latency_s": float(np.median(result.server_call_seconds[timed])),  # a query waits for its whole call
         "first_server_call_s": float(result.server_call_seconds[0]),

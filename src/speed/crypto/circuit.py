@@ -236,9 +236,19 @@ def inputsets(spec: CircuitSpec, seed: int = 0) -> dict[str, list]:
 
 
 def configuration(spec: CircuitSpec, simulate: bool = False):
+    """concrete's configuration for ``spec``: compressed keys and inputs, the per-call error budget,
+    the security level, and the GLWE dimensions its parameter search may use
+    (``spec.glwe_dimensions``, :data:`speed.crypto.spec.DEFAULT_GLWE_DIMENSIONS`)."""
     from concrete import fhe
+    from concrete.compiler import RangeRestriction
 
+    restriction = None
+    if spec.glwe_dimensions:
+        restriction = RangeRestriction()
+        for dimension in spec.glwe_dimensions:
+            restriction.add_available_glwe_dimension(dimension)
     return fhe.Configuration(
+        range_restriction=restriction,
         compress_evaluation_keys=True,
         compress_input_ciphertexts=True,
         global_p_error=spec.call_p_error,

@@ -77,6 +77,15 @@ def signed_width(low: int, high: int) -> int:
 #: (:attr:`CircuitSpec.relu_chunk_sizes`).
 LONE_LOW_BIT_WIDTH = 10
 
+#: GLWE dimensions concrete's parameter search may use by default (:attr:`CircuitSpec.glwe_dimensions`).
+#: Its optimizer ranks parameters by operation count, but on the 2-vCPU machines we measure, a
+#: bootstrap mostly waits for its key: every PBS streams a Fourier bootstrap key of
+#: n·(k + 1)²·L·N·8 bytes (tens of MB, beyond the caches), which grows with the GLWE dimension k at
+#: fixed k·N.  Limited to k ≤ 2, concrete picks 1024/2/level 1 instead of 512/4/level 1 for the
+#: bit extractions at K = 10, N = 250 (43.8 instead of 60.8 MB per PBS, 8.0 instead of 10.0 GB
+#: streamed per query): 1.20× faster although its own estimate says +8 % (docs/he-engine.md).
+DEFAULT_GLWE_DIMENSIONS = (1, 2)
+
 #: Homomorphic argmax layouts (crypto/circuit.py).
 ARGMAX_LAYOUTS = ("tournament", "all-pairs")
 
@@ -95,6 +104,7 @@ class CircuitSpec:
     argmax: str = "tournament"  # "tournament" (K − 1 matches) or "all-pairs" (K(K − 1)/2 sign tests)
     chunk_bits: int = 3  # tournament: bits per table lookup when selecting the larger sum
     relu_chunks: tuple[int, ...] = ()  # tournament: explicit chunk sizes from the LSB up (sum w − 1); () = the default rule
+    glwe_dimensions: tuple[int, ...] = DEFAULT_GLWE_DIMENSIONS  # concrete's parameter search: GLWE dimensions allowed; () = any
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -112,6 +122,9 @@ class CircuitSpec:
         object.__setattr__(self, "relu_chunks", tuple(int(c) for c in self.relu_chunks))  # JSON gives a list
         if not all(1 <= c <= 6 for c in self.relu_chunks):
             raise InputError(f"relu chunk sizes must be in [1, 6], got {list(self.relu_chunks)}")
+        object.__setattr__(self, "glwe_dimensions", tuple(sorted({int(g) for g in self.glwe_dimensions})))
+        if not all(1 <= g <= 6 for g in self.glwe_dimensions):
+            raise InputError(f"GLWE dimensions must be in [1, 6], got {list(self.glwe_dimensions)}")
 
     @property
     def sum_width(self) -> int:
