@@ -40,11 +40,16 @@ VARIANTS: dict[str, tuple[dict, dict, int | None]] = {
     # ten queries per call: per-query error budget (the default) vs the whole call at 1e-9 (before 2026-11-30)
     "tournament-B10": ({"batch_size": 10}, {}, None),
     "tournament-B10-call-budget": ({"batch_size": 10}, {"global_p_error": 1e-9}, None),
+    # concrete's parameter search over any GLWE dimension (the default before 2026-11-30 evening) vs k ≤ 2
+    "tournament-any-glwe": ({"glwe_dimensions": ()}, {}, None),
+    "tournament-B10-any-glwe": ({"batch_size": 10, "glwe_dimensions": ()}, {}, None),
+    "tournament-N1000-any-glwe": ({"glwe_dimensions": ()}, {}, 1000),
+    "tournament-N20-any-glwe": ({"glwe_dimensions": ()}, {}, 20),
 }
 
 
 def compile_variant(name: str, holders: int) -> dict:
-    from speed.bench.he import paper_spec, pbs_per_parameter
+    from speed.bench.he import bootstrap_key_bytes_streamed, paper_spec, pbs_per_parameter
     from speed.crypto import circuit
 
     spec_over, config_over, n = VARIANTS[name]
@@ -59,6 +64,7 @@ def compile_variant(name: str, holders: int) -> dict:
         "variant": name, "holders": n, "spec": spec.to_dict(), "configuration": config_over, "compile_s": seconds,
         "complexity": float(module.complexity), "pbs": int(stats["programmable_bootstrap_count"]),
         "pbs_per_parameter": pbs_per_parameter(stats),
+        "bootstrap_key_bytes_streamed_per_call": bootstrap_key_bytes_streamed(stats),
         "bootstrap_key_bytes": int(module.server.size_of_bootstrap_keys),
         "keyswitch_key_bytes": int(module.server.size_of_keyswitch_keys),
         "global_p_error": float(module.server.global_p_error),
@@ -93,14 +99,16 @@ def main() -> int:
     lines = [(f"Compiled {info['date_utc']} on {info['cpu_model'] or info['processor']}, {info['cpus']} CPUs "
               f"(load average {info.get('load_average_1_5_15')}); K = 10."), "",
              ("| variant | N | optimizer complexity | PBS | PBS per parameter set (count × poly size/GLWE dim/level) | "
-              "bootstrap keys | keyswitch keys | compile s |"), "|---|---|---|---|---|---|---|---|"]
+              "bootstrap key bytes read per call | bootstrap keys | keyswitch keys | compile s |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "status" in r:
-            lines.append(f"| {r['variant']} | | {r['status']} | | | | | |")
+            lines.append(f"| {r['variant']} | | {r['status']} | | | | | | |")
             continue
         params = ", ".join(f"{p['count']} × {p['polynomial_size']}/{p['glwe_dimension']}/{p['level']}"
                            for p in r["pbs_per_parameter"])
         lines.append(f"| {r['variant']} | {r['holders']} | {r['complexity']:.3g} | {r['pbs']} | {params} | "
+                     f"{r['bootstrap_key_bytes_streamed_per_call'] / 1e9:.2f} GB | "
                      f"{r['bootstrap_key_bytes'] / 1e6:.0f} MB | {r['keyswitch_key_bytes'] / 1e6:.0f} MB | "
                      f"{r['compile_s']:.0f} |")
     save_result(Path(__file__).parent / "results", "he_variants", {"machine": info, "rows": rows}, lines)

@@ -28,3 +28,20 @@ def test_bench_he_json_has_the_promised_fields(tmp_path):
     assert 0 < r["bytes_per_holder_per_query"] < 1024  # seeded pads: 24 B per value plus a header
     assert r["pbs_count"] > 0 and 0 < r["p_error"] < 1e-9
     assert 0 < r["global_p_error_per_query"] <= 1e-9 * (1 + 1e-9)
+
+
+def test_bootstrap_key_bytes_streamed_known_answer():
+    """n·(k + 1)²·L·N·8 bytes per PBS, summed over the parameter sets (concrete's statistics)."""
+    from speed.bench.he import bootstrap_key_bytes_streamed
+
+    class Parameters:  # the accessors concrete's parameter objects have
+        def __init__(self, poly, glwe, n, level):
+            self.polynomial_size, self.glwe_dimension = (lambda: poly), (lambda: glwe)
+            self.input_lwe_dimension, self.level, self.base_log = (lambda: n), (lambda: level), (lambda: 20)
+
+    parameters = Parameters
+
+    statistics = {"programmable_bootstrap_count_per_parameter": {
+        parameters(1024, 2, 594, 1): 90, parameters(2048, 1, 790, 2): 16}}
+    assert bootstrap_key_bytes_streamed(statistics) == 90 * 594 * 9 * 1024 * 8 + 16 * 790 * 4 * 2 * 2048 * 8
+    assert bootstrap_key_bytes_streamed({}) == 0

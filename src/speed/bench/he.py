@@ -35,6 +35,16 @@ def pbs_per_parameter(statistics: dict[str, Any]) -> list[dict[str, int]]:
             for p, n in statistics.get("programmable_bootstrap_count_per_parameter", {}).items()]
 
 
+def bootstrap_key_bytes_streamed(statistics: dict[str, Any]) -> int:
+    """Bytes of Fourier bootstrap keys one compiled call reads: every PBS walks its whole key,
+    n·(k + 1)²·L·N/2 complex doubles = n·(k + 1)²·L·N·8 bytes (n input LWE dimension, k GLWE
+    dimension, L decomposition level, N polynomial size), tens of MB each, beyond the caches.
+    On the 2-vCPU machines we measure, time per query follows this more than concrete's operation
+    count (docs/he-engine.md)."""
+    return sum(p["count"] * p["input_lwe_dimension"] * (p["glwe_dimension"] + 1) ** 2 * p["level"]
+               * p["polynomial_size"] * 8 for p in pbs_per_parameter(statistics))
+
+
 def encrypted_random_votes(module, spec: CircuitSpec, seed: int) -> tuple[np.ndarray, list[bytes]]:
     """In-range votes for a compiled module's ``aggregate`` (benchmarks that call it directly):
     random one-hot votes (N, B, K), holder 0 adding noise in [−A, A]; and their serialized

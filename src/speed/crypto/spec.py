@@ -78,12 +78,13 @@ def signed_width(low: int, high: int) -> int:
 LONE_LOW_BIT_WIDTH = 10
 
 #: GLWE dimensions concrete's parameter search may use by default (:attr:`CircuitSpec.glwe_dimensions`).
-#: Its optimizer ranks parameters by operation count, but on the 2-vCPU machines we measure, a
-#: bootstrap mostly waits for its key: every PBS streams a Fourier bootstrap key of
+#: Its optimizer ranks parameters by operation count, but on the 2-vCPU machines we measure a
+#: bootstrap is partly limited by memory: every PBS reads a whole Fourier bootstrap key of
 #: n·(k + 1)²·L·N·8 bytes (tens of MB, beyond the caches), which grows with the GLWE dimension k at
 #: fixed k·N.  Limited to k ≤ 2, concrete picks 1024/2/level 1 instead of 512/4/level 1 for the
 #: bit extractions at K = 10, N = 250 (43.8 instead of 60.8 MB per PBS, 8.0 instead of 10.0 GB
-#: streamed per query): 1.20× faster although its own estimate says +8 % (docs/he-engine.md).
+#: read per query): 1.15× faster per query there and 1.30× at N = 1000, although its own estimate
+#: says +8 % and +12 % (docs/he-engine.md).
 DEFAULT_GLWE_DIMENSIONS = (1, 2)
 
 #: Homomorphic argmax layouts (crypto/circuit.py).
