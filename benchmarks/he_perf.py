@@ -36,7 +36,7 @@ FUNCTIONS = {
 }
 
 CHILD = """
-import sys, time
+import sys
 sys.path.insert(0, {src!r})
 from speed.bench.he import keyed_with_votes, paper_spec, timed_side_by_side
 from speed.crypto import circuit

@@ -34,12 +34,10 @@ def test_bootstrap_key_bytes_streamed_known_answer():
     """n·(k + 1)²·L·N·8 bytes per PBS, summed over the parameter sets (concrete's statistics)."""
     from speed.bench.he import bootstrap_key_bytes_streamed
 
-    class Parameters:  # the accessors concrete's parameter objects have
+    class parameters:  # noqa: N801 -- the accessors concrete's parameter objects have
         def __init__(self, poly, glwe, n, level):
             self.polynomial_size, self.glwe_dimension = (lambda: poly), (lambda: glwe)
             self.input_lwe_dimension, self.level, self.base_log = (lambda: n), (lambda: level), (lambda: 20)
-
-    parameters = Parameters
 
     statistics = {"programmable_bootstrap_count_per_parameter": {
         parameters(1024, 2, 594, 1): 90, parameters(2048, 1, 790, 2): 16}}
