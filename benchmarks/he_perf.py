@@ -55,7 +55,8 @@ def main() -> int:
     ap.add_argument("--holders", type=int, default=250)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--batch", type=int, default=1, help="queries per call")
-    ap.add_argument("--seconds", type=int, default=8, help="how long perf samples the calls")
+    ap.add_argument("--seconds", type=int, default=8,
+                    help="how long perf samples the calls (at least two whole calls: ~4.5 s each at B = 1, ~40 s at B = 10)")
     a = ap.parse_args()
     if shutil.which("perf") is None:
         print("error: perf not found (Debian package linux-perf)", file=sys.stderr)
@@ -86,6 +87,10 @@ def main() -> int:
         finally:
             child.kill()
             calls = [line.split() for line in child.communicate()[0].splitlines() if line.strip()]
+        if len(calls) < 2:  # a window shorter than two calls over-weights whichever phase it caught
+            print(f"error: {len(calls)} call(s) finished in the {a.seconds} s sampled; sample at least two "
+                  f"whole calls (--seconds)", file=sys.stderr)
+            return 1
         report = subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "symbol",
                                  "--stdio", "-g", "none"], check=True, capture_output=True, text=True).stdout
     shares = {}
