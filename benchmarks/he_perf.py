@@ -104,7 +104,7 @@ def main() -> int:
     lines = [(f"Measured {info['date_utc']} on {info['cpu_model'] or info['processor']}; K = {a.classes}, "
               f"N = {a.holders}, {a.batch} quer{'y' if a.batch == 1 else 'ies'} per call, one CPU, "
               f"{len(seconds)} calls sampled for {a.seconds} s "
-              f"(median {np.median(seconds) if seconds else float('nan'):.2f} s per query; every label correct: "
+              f"(median {np.median(seconds):.2f} s per query; every label correct: "
               f"{result['all_labels_correct']})."), "",
              "| where | share of the CPU samples (callees included) |", "|---|---|"]
     lines += [f"| {label} | {share:.1f} % |" for label, share in shares.items()]
