@@ -77,7 +77,8 @@ def test_server_sees_no_secret_key(small_parties):
         assert all(window not in payload for payload in payloads)
     # the server object's own state: nothing but public types
     state_types = {type(v).__name__ for v in vars(server).values()}
-    assert state_types <= {"CircuitSpec", "str", "Server", "EvaluationKeys", "set", "int"}, state_types
+    assert state_types <= {"CircuitSpec", "str", "Server", "EvaluationKeys", "set", "int", "dict", "NoneType"}, state_types
+    assert server._shells == {} and server._layout is None  # shells exist in shared pad mode only
 
 
 def test_labels_match_clear_noisy_argmax_with_ties(small_parties):

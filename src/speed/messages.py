@@ -2,7 +2,8 @@
 in-process simulation and the Flower deployment carry exactly the same objects.
 
 Flow per run:   owner → server, holders : :class:`CircuitBundle`, :class:`EvaluationKeys`
-Flow per batch: owner → holder i       : :class:`Pad` (one-time encryption of zero)
+Flow per batch: owner → holder i       : :class:`Pad` (one-time encryption of zero, or its share)
+                owner → server         : :class:`PadShell` (``pad_mode="shared"`` only)
                 owner → holders        : :class:`QueryBatch` (public query ids)
                 holder i → server      : :class:`EncryptedVote`
                 server → owner         : :class:`EncryptedLabels`
@@ -52,8 +53,9 @@ class Message:
 @dataclass(frozen=True)
 class CircuitBundle(Message):
     """The compiled server program (public), the spec it was compiled for, and how holders
-    encrypt: ``pad_mode`` "seeded" (add Δ·v to a seeded pad's bodies, ``pad_layout``) or
-    "encode" (run the program's ``encode`` on the pad with evaluation keys)."""
+    encrypt: ``pad_mode`` "seeded" (add Δ·v to a seeded pad's bodies, ``pad_layout``),
+    "encode" (run the program's ``encode`` on the pad with evaluation keys) or "shared" (add Δ·v
+    to a share of one pad's bodies; the server sums the shares into the pad's shell)."""
 
     spec: dict
     program: bytes
@@ -85,6 +87,17 @@ class Pad(Message):
     pad_id: str
     keyset_id: str
     holder_id: int
+    batch_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PadShell(Message):
+    """``pad_mode="shared"``: the batch's one encryption of zero with its bodies zeroed (seeds
+    only, public), owner → server; the holders hold the bodies' additive shares."""
+
+    shell_id: str
+    keyset_id: str
     batch_id: int
     data: bytes
 

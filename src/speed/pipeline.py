@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from speed.crypto.seeded import PAD_MODES
 from speed.crypto.spec import CircuitSpec, choose_noise_bound
 from speed.errors import BudgetExhaustedError, InputError
 from speed.holder import DataHolder
@@ -39,6 +40,7 @@ class RunConfig:
     delta: float = 1e-5
     resolution: int = 1  # P lattice steps per vote
     batch_size: int = 10  # queries per circuit call
+    pad_mode: str = "shared"  # how holders encrypt: "shared" (one pad per batch, shares summed by the server), "seeded", "encode"
     noise_failure: float = 1e-12  # per-query probability that noise leaves the compiled range
     global_p_error: float = 1e-9  # probability that a PBS behind one query's label is wrong
     seed: int = 0
@@ -61,6 +63,8 @@ class RunConfig:
             raise InputError(f"δ must be in (0, 1), got {self.delta}")
         if num_classes < 2:
             raise InputError("the dataset must have at least 2 classes")
+        if self.pad_mode not in PAD_MODES:
+            raise InputError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
 
 
 def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, holders: int, seed: int,
@@ -76,6 +80,7 @@ def circuit_spec(config: RunConfig, num_classes: int) -> CircuitSpec:
     return CircuitSpec(
         num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
         resolution=config.resolution, batch_size=config.batch_size, global_p_error=config.global_p_error,
+        aggregate_input="sum" if config.pad_mode == "shared" else "holders",
     )
 
 
@@ -128,7 +133,7 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     scale = 1.0 / config.gamma
     spec = circuit_spec(config, dataset.num_classes)
-    owner = ModelOwner(spec, cache_dir=cache)
+    owner = ModelOwner(spec, cache_dir=cache, pad_mode=config.pad_mode)
     times["compile_s"] = owner.timings["compile_s"]
     times["keygen_s"] = owner.timings["keygen_s"]
 

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from speed import messages
+from speed.crypto.seeded import KEYLESS_PAD_MODES
 from speed.crypto.spec import reference_argmax
 from speed.errors import BudgetExhaustedError
 from speed.holder import DataHolder
@@ -48,12 +49,12 @@ def make_batches(query_ids: np.ndarray, batch_size: int, first_batch_id: int = 0
 
 def setup_parties(owner: ModelOwner, holders: list[DataHolder], server_workers: int | None = None) -> AggregationServer:
     """Owner sends program + evaluation keys to the server; holders get the program, and the
-    evaluation keys only in ``encode`` pad mode (seeded holders never use them).
+    evaluation keys only in ``encode`` pad mode (seeded and shared holders never use them).
     ``server_workers``: batches the server computes side by side (default: one per CPU)."""
     bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
     server = AggregationServer(bundle, keys, workers=server_workers)
     for holder in holders:
-        holder.connect(bundle, keys if bundle.pad_mode != "seeded" else None, keyset_id=keys.keyset_id)
+        holder.connect(bundle, keys if bundle.pad_mode not in KEYLESS_PAD_MODES else None, keyset_id=keys.keyset_id)
     return server
 
 
@@ -86,7 +87,7 @@ def label_queries(
     groups = [batches[i : i + group_size] for i in range(0, len(batches), group_size)]
     labels, clear_argmax, clear_sums = [], [], []
     t = {"pads_s": 0.0, "holder_encrypt_s": 0.0, "server_s": 0.0, "decrypt_s": 0.0}
-    vote_bytes = pad_bytes = label_bytes = 0
+    vote_bytes = pad_bytes = label_bytes = shell_bytes = 0
     stopped = None
     server_calls: list[float] = []
     server_call_queries: list[int] = []
@@ -96,7 +97,11 @@ def label_queries(
         for batch in group:
             start = time.perf_counter()
             pads = owner.issue_pads(batch.batch_id, range(spec.num_holders))
+            shell = owner.pad_shell(batch.batch_id)  # shared pads only: the server's part
             t["pads_s"] += time.perf_counter() - start
+            if shell is not None:
+                server.receive_shell(shell)
+                shell_bytes += shell.payload_bytes
             for holder, pad in zip(holders, pads):
                 holder.receive_pad(pad)
                 pad_bytes += pad.payload_bytes
@@ -146,6 +151,7 @@ def label_queries(
     sizes = {
         "holder_to_server_bytes_per_query": vote_bytes / num_queries / spec.num_holders,
         "owner_to_holder_pad_bytes_per_query": pad_bytes / num_queries / spec.num_holders,
+        "owner_to_server_shell_bytes_per_query": shell_bytes / num_queries,
         "server_to_owner_bytes_per_query": label_bytes / num_queries,
         "evaluation_key_bytes": len(owner.evaluation_keys().data),
         "server_program_bytes": len(owner.circuit_bundle().program),

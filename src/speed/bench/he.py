@@ -48,11 +48,14 @@ def bootstrap_key_bytes_streamed(statistics: dict[str, Any]) -> int:
 def encrypted_random_votes(module, spec: CircuitSpec, seed: int) -> tuple[np.ndarray, list[bytes]]:
     """In-range votes for a compiled module's ``aggregate`` (benchmarks that call it directly):
     random one-hot votes (N, B, K), holder 0 adding noise in [−A, A]; and their serialized
-    encryptions, one per holder."""
+    encryptions, one per holder, or for ``aggregate_input="sum"`` one fresh encryption of their
+    class sums (what the server builds from shared pads: speed.crypto.shared)."""
     rng = np.random.default_rng(seed)
     n, b, k = spec.num_holders, spec.batch_size, spec.num_classes
     votes = np.eye(k, dtype=np.int64)[rng.integers(0, k, size=(n, b))]
     votes[0] += rng.integers(-spec.noise_bound, spec.noise_bound + 1, size=(b, k))
+    if spec.aggregate_input == "sum":
+        return votes, [module.aggregate.encrypt(votes.sum(axis=0)).serialize()]
     return votes, [v.serialize() for v in module.aggregate.encrypt(*votes)]
 
 
@@ -127,7 +130,7 @@ def run(
     resolution: int = 1,
     noise_failure: float = 1e-12,
     global_p_error: float = 1e-9,
-    pad_mode: str = "seeded",
+    pad_mode: str = "shared",
     argmax: str = "tournament",
     chunk_bits: int = 3,
     seed: int = 0,
@@ -140,6 +143,7 @@ def run(
     spec = CircuitSpec(
         num_holders=num_holders, num_classes=num_classes, noise_bound=bound, resolution=resolution,
         batch_size=batch_size, global_p_error=global_p_error, argmax=argmax, chunk_bits=chunk_bits,
+        aggregate_input="sum" if pad_mode == "shared" else "holders",
     )
     cached = (Path(cache_dir) / "circuits" / spec.cache_key / "server.zip").exists()
     start = time.perf_counter()
@@ -188,6 +192,7 @@ def run(
                                            == np.sort(result.clear_noisy_sums, axis=1)[:, -2])),
         "bytes_per_holder_per_query": result.bytes["holder_to_server_bytes_per_query"],
         "pad_bytes_per_holder_per_query": result.bytes["owner_to_holder_pad_bytes_per_query"],
+        "shell_bytes_per_query": result.bytes["owner_to_server_shell_bytes_per_query"],  # shared pads: owner → server
         "label_bytes_per_query": result.bytes["server_to_owner_bytes_per_query"],
         "evaluation_key_bytes": result.bytes["evaluation_key_bytes"],
         "bootstrap_key_bytes_uncompressed": int(srv.size_of_bootstrap_keys),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from speed.cli.report import dump_json, print_sections
+from speed.crypto.seeded import PAD_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     he.add_argument("--batch-size", type=int, default=1, help="queries per circuit call")
     he.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ of the noise")
     he.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote")
-    he.add_argument("--pad-mode", choices=["seeded", "encode"], default="seeded")
+    he.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
+                    help="shared (default): one pad per batch, its bodies split among the holders and summed by "
+                         "the server before the circuit; seeded: one seeded pad per holder, summed in the circuit; "
+                         "encode: holders run encode")
     he.add_argument("--argmax", choices=["tournament", "all-pairs"], default="tournament",
                     help="homomorphic argmax layout (docs/he-engine.md)")
     he.add_argument("--chunk-bits", type=int, default=3,

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
     p.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote (default 1)")
     p.add_argument("--batch-size", type=int, default=10, help="queries per encrypted circuit call (default 10)")
+    p.add_argument("--pad-mode", choices=["shared", "seeded", "encode"], default="shared",
+                   help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; "
+                        "default), seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, teachers and seeded noise")
     p.add_argument(
         "--production-noise", action="store_true",
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = RunConfig(
         holders=args.holders, queries=args.queries, gamma=args.gamma, tau=args.tau, delta=args.delta,
-        resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
+        resolution=args.resolution, batch_size=args.batch_size, pad_mode=args.pad_mode, seed=args.seed,
         production_noise=args.production_noise, student_method=args.student, cache_dir=args.cache_dir,
         max_epsilon=args.max_epsilon, ledger=args.ledger,
     )
@@ -92,6 +95,7 @@ def print_result(r: dict) -> None:
             ("bytes", [
                 ("holder → server / holder / query", int(b["holder_to_server_bytes_per_query"])),
                 ("owner → holder pads / holder / query", int(b["owner_to_holder_pad_bytes_per_query"])),
+                ("owner → server pad shells / query (shared pads)", int(b.get("owner_to_server_shell_bytes_per_query", 0))),
                 ("server → owner / query", int(b["server_to_owner_bytes_per_query"])),
                 ("evaluation keys (compressed)", b["evaluation_key_bytes"]),
             ]),

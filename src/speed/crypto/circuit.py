@@ -162,7 +162,14 @@ def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
 
 
 def _aggregate_function(spec: CircuitSpec, fhe):
-    """A Python function with one named parameter per holder (concrete reads the signature)."""
+    """A Python function with one named parameter per holder (concrete reads the signature), or,
+    for ``aggregate_input="sum"``, one parameter: the encrypted class sums (B, K)."""
+    if spec.aggregate_input == "sum":
+
+        def aggregate(v0):  # v0: the class sums Σ_i v_i, shape (B, K)
+            return argmax_from_sums(spec, fhe, v0)
+
+        return aggregate
 
     def body(*votes):
         class_sums = votes[0]
@@ -181,7 +188,7 @@ def build_module(spec: CircuitSpec):
     from concrete import fhe
 
     aggregate_fn = _aggregate_function(spec, fhe)
-    holders = range(spec.num_holders)
+    holders = range(aggregate_arity(spec))
 
     @fhe.module()
     class SpeedModule:
@@ -196,6 +203,11 @@ def build_module(spec: CircuitSpec):
         {fhe.Wire(encode_output, fhe.Input(SpeedModule.aggregate, i)) for i in holders}
     )
     return SpeedModule
+
+
+def aggregate_arity(spec: CircuitSpec) -> int:
+    """Encrypted arguments of ``aggregate``: one per holder, or one (the class sums)."""
+    return 1 if spec.aggregate_input == "sum" else spec.num_holders
 
 
 def inputsets(spec: CircuitSpec, seed: int = 0) -> dict[str, list]:
@@ -228,7 +240,10 @@ def inputsets(spec: CircuitSpec, seed: int = 0) -> dict[str, list]:
         votes = np.eye(k, dtype=np.int64)[labels] * p
         votes += rng.integers(-min(a, 2), min(a, 2) + 1, size=(n, b, k))
         samples.append(votes)
-    aggregate_set = [tuple(votes[i] for i in range(n)) for votes in samples]
+    if spec.aggregate_input == "sum":  # the same class sums, handed over already summed
+        aggregate_set = [votes.sum(axis=0) for votes in samples]
+    else:
+        aggregate_set = [tuple(votes[i] for i in range(n)) for votes in samples]
     zeros = np.zeros((b, k), dtype=np.int64)
     low, high = spec.vote_range
     encode_set = [(zeros, np.full((b, k), value, dtype=np.int64)) for value in (low, high, 0)]

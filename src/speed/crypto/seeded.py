@@ -29,6 +29,26 @@ import numpy as np
 
 from speed.errors import CiphertextError, InputError
 
+#: How holders encrypt (``CircuitBundle.pad_mode``): "seeded" (default), "encode", "shared"
+#: (:mod:`speed.crypto.shared`).  Holders of the keyless modes never receive evaluation keys.
+PAD_MODES = ("seeded", "encode", "shared")
+KEYLESS_PAD_MODES = ("seeded", "shared")
+
+
+def check_pad_mode(spec, pad_mode: str) -> None:
+    """Shared pads need a circuit that takes the class sums (``aggregate_input="sum"``); the
+    other modes one encrypted vote per holder."""
+    wanted = "sum" if pad_mode == "shared" else "holders"
+    if spec.aggregate_input != wanted:
+        raise InputError(f"pad mode {pad_mode!r} needs a circuit with aggregate_input={wanted!r}, "
+                         f"this one has {spec.aggregate_input!r}")
+
+
+def pad_mode_for(spec) -> str:
+    """The default pad mode of a circuit: "shared" for a class-sum input, else "seeded"."""
+    return "shared" if spec.aggregate_input == "sum" else "seeded"
+
+
 SEED_BYTES = 16
 BODY_BYTES = 8
 STRIDE = SEED_BYTES + BODY_BYTES

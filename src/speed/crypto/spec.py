@@ -90,6 +90,11 @@ DEFAULT_GLWE_DIMENSIONS = (1, 2)
 #: Homomorphic argmax layouts (crypto/circuit.py).
 ARGMAX_LAYOUTS = ("tournament", "all-pairs")
 
+#: What ``aggregate`` takes (crypto/circuit.py): one encrypted vote per holder, summed inside the
+#: circuit ("holders": seeded and encode pads), or one encryption of the class sums ("sum": shared
+#: pads, the holders' shares summed by the server outside the circuit; crypto/shared.py).
+AGGREGATE_INPUTS = ("holders", "sum")
+
 
 @dataclass(frozen=True)
 class CircuitSpec:
@@ -106,6 +111,7 @@ class CircuitSpec:
     chunk_bits: int = 3  # tournament: bits per table lookup when selecting the larger sum
     relu_chunks: tuple[int, ...] = ()  # tournament: explicit chunk sizes from the LSB up (sum w − 1); () = the default rule
     glwe_dimensions: tuple[int, ...] = DEFAULT_GLWE_DIMENSIONS  # concrete's parameter search: GLWE dimensions allowed; () = any
+    aggregate_input: str = "holders"  # "holders": N encrypted votes in; "sum": one encryption of the class sums
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -123,6 +129,8 @@ class CircuitSpec:
         object.__setattr__(self, "relu_chunks", tuple(int(c) for c in self.relu_chunks))  # JSON gives a list
         if not all(1 <= c <= 6 for c in self.relu_chunks):
             raise InputError(f"relu chunk sizes must be in [1, 6], got {list(self.relu_chunks)}")
+        if self.aggregate_input not in AGGREGATE_INPUTS:
+            raise InputError(f"aggregate_input must be one of {', '.join(AGGREGATE_INPUTS)}, got {self.aggregate_input!r}")
         object.__setattr__(self, "glwe_dimensions", tuple(sorted({int(g) for g in self.glwe_dimensions})))
         if not all(1 <= g <= 6 for g in self.glwe_dimensions):
             raise InputError(f"GLWE dimensions must be in [1, 6], got {list(self.glwe_dimensions)}")

@@ -60,7 +60,8 @@ class DeployConfig:
         if self.task not in TASKS:
             raise InputError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.pad_mode not in ("seeded", "encode"):
-            raise InputError(f"pad-mode must be 'seeded' or 'encode', got {self.pad_mode!r}")
+            raise InputError(f"pad-mode must be 'seeded' or 'encode' (shared pads run in one process only: "
+                             f"speed demo, bench he, reproduce), got {self.pad_mode!r}")
         if self.holders < 2:
             raise InputError(f"need at least 2 holders, got {self.holders}")
         if self.queries < 1 or self.batch_size < 1:

@@ -1,8 +1,9 @@
 """Data holder (teacher side) of SPEC §2, steps 1–3.
 
 Per query: one-hot vote e ∈ {0,1}^K of the teacher, lattice noise share η (SPEC §3b),
-encoded value v = P·e + clip(η, −A, A), encrypted by adding it to a one-time pad of the
-owner with ``encode`` (evaluation keys only, no secret key).
+encoded value v = P·e + clip(η, −S, S), encrypted with a one-time pad of the owner: Δ·v added to
+a seeded pad's bodies or to a share of one pad's bodies (no keys at all), or ``encode`` run on
+the pad (evaluation keys only, never a secret key).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 
 from speed import messages
 from speed.crypto.runtime import ClearArguments, digest, load_evaluation_keys, load_server_program, load_value
-from speed.crypto.seeded import SeededLayout
+from speed.crypto import shared
+from speed.crypto.seeded import KEYLESS_PAD_MODES, SeededLayout
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 from speed.privacy.noise import sample_lattice_shares
@@ -72,14 +74,14 @@ class DataHolder:
             raise CiphertextError("evaluation keys do not match their id (corrupted transfer)")
         if keys is not None and keyset_id is not None and keys.keyset_id != keyset_id:
             raise InputError(f"evaluation keys of keyset {keys.keyset_id}, expected {keyset_id}")
-        if keys is None and bundle.pad_mode != "seeded":
+        if keys is None and bundle.pad_mode not in KEYLESS_PAD_MODES:
             raise InputError(f"pad mode {bundle.pad_mode!r} needs the evaluation keys at the holder")
         if keys is None and keyset_id is None:
-            raise InputError("connect needs the evaluation keys or, in seeded pad mode, the keyset id")
+            raise InputError("connect needs the evaluation keys or, in seeded or shared pad mode, the keyset id")
         self.spec = CircuitSpec.from_dict(bundle.spec)
         self.keyset_id = keys.keyset_id if keys is not None else keyset_id
         self.pad_mode = bundle.pad_mode
-        if self.pad_mode == "seeded":  # no program, no keys: Δ·v goes into the pad's bodies
+        if self.pad_mode in KEYLESS_PAD_MODES:  # no program, no keys: Δ·v goes into the bodies (or a share)
             self._layout = SeededLayout.from_dict(bundle.pad_layout)
         else:
             self._program = load_server_program(bundle.program)
@@ -112,7 +114,8 @@ class DataHolder:
         return encoded
 
     def encrypt(self, batch_id: int, encoded: np.ndarray) -> messages.EncryptedVote:
-        """Encrypt v on the batch's pad (seeded: bodies + Δ·v; encode: run ``encode``); single use."""
+        """Encrypt v on the batch's pad (seeded: bodies + Δ·v; shared: share + Δ·v; encode: run
+        ``encode``); single use."""
         spec = self._require_spec()
         encoded = np.asarray(encoded, dtype=np.int64)
         low, high = spec.vote_range
@@ -122,7 +125,10 @@ class DataHolder:
         if pad is None:
             raise PadReuseError(f"holder {self.holder_id} has no unused pad for batch {batch_id}")
         self.used_pad_ids.add(pad.pad_id)  # consumed even if encryption fails below: never retried
-        if self.pad_mode == "seeded":
+        if self.pad_mode == "shared":
+            share = shared.share_from_bytes(self._layout, pad.data, f"pad {pad.pad_id}")
+            data = shared.add_votes(self._layout, share, encoded)
+        elif self.pad_mode == "seeded":
             data = self._layout.add(pad.data, encoded)
         else:
             zero = load_value(pad.data, f"pad {pad.pad_id}")

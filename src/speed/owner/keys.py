@@ -14,8 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from speed import messages
+from speed.crypto import shared
+from speed.crypto.circuit import aggregate_arity
 from speed.crypto.runtime import ClearArguments, digest, load_value
-from speed.crypto.seeded import SeededLayout, discover_layout
+from speed.crypto.seeded import (
+    KEYLESS_PAD_MODES,
+    PAD_MODES,
+    SeededLayout,
+    check_pad_mode,
+    discover_layout,
+)
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError
 
@@ -29,6 +37,9 @@ class OwnerKeys:
         from concrete import fhe
         from concrete.compiler import ClientProgram
 
+        if pad_mode not in PAD_MODES:
+            raise InputError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+        check_pad_mode(spec, pad_mode)
         self.spec = spec
         self._client = fhe.Client(server_program.client_specs)
         if key_path is not None and Path(key_path).exists():
@@ -48,10 +59,8 @@ class OwnerKeys:
         self._encode_client = program.get_client_circuit("encode")
         self._aggregate_client = program.get_client_circuit("aggregate")
         self._zeros = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
-        if pad_mode not in ("seeded", "encode"):
-            raise InputError(f"pad_mode must be 'seeded' or 'encode', got {pad_mode!r}")
         self.pad_mode = pad_mode
-        self.layout = self._verify_seeded_layout(server_program) if pad_mode == "seeded" else None
+        self.layout = self._verify_seeded_layout(server_program) if pad_mode in KEYLESS_PAD_MODES else None
 
     def _verify_seeded_layout(self, server_program) -> SeededLayout:
         """Find and check the seeded pad layout and Δ against concrete (see speed.crypto.seeded)."""
@@ -72,7 +81,7 @@ class OwnerKeys:
             return self._client.decrypt(out, function_name="encode")
 
         info = server_program.client_specs.program_info
-        keyids = {info.input_keyid_at(i, "aggregate") for i in range(self.spec.num_holders)}
+        keyids = {info.input_keyid_at(i, "aggregate") for i in range(aggregate_arity(self.spec))}
         if keyids != {info.input_keyid_at(0, "encode")}:
             raise CiphertextError("aggregate inputs and encode's pad use different keys: use pad_mode='encode'")
         return discover_layout(make_pad, self._zeros.size, decrypt_after_add, max_abs=self.spec.share_bound)
@@ -85,6 +94,8 @@ class OwnerKeys:
         from concrete import fhe
         from concrete.compiler import Value as RawValue
 
+        if self.pad_mode == "shared":
+            raise InputError("shared pads are issued for a whole batch at once: use new_shared_pads")
         if self.pad_mode == "seeded":  # holder's own input slot of aggregate, seeded form
             value = fhe.Value(self._aggregate_client.prepare_input(RawValue(self._zeros), holder_id))
         else:  # encode's first argument; the holder runs encode
@@ -96,6 +107,28 @@ class OwnerKeys:
             batch_id=batch_id,
             data=value.serialize(),
         )
+
+    def new_shared_pads(self, holder_ids: list[int], batch_id: int) -> tuple[messages.PadShell, list[messages.Pad]]:
+        """``pad_mode="shared"``: one fresh seeded encryption of zero of ``aggregate``'s class-sum
+        input for ``batch_id``, split into the server's shell and one body share per holder
+        (:mod:`speed.crypto.shared`; every share single use)."""
+        from concrete import fhe
+        from concrete.compiler import Value as RawValue
+
+        if self.pad_mode != "shared":
+            raise InputError(f"shared pads need pad_mode 'shared', this owner uses {self.pad_mode!r}")
+        holder_ids = [int(h) for h in holder_ids]
+        if sorted(holder_ids) != list(range(self.spec.num_holders)):
+            raise InputError(f"a shared pad is split among all {self.spec.num_holders} holders, got {len(holder_ids)}")
+        zero = fhe.Value(self._aggregate_client.prepare_input(RawValue(self._zeros), 0)).serialize()
+        shell, shares = shared.split_pad(self.layout, zero, len(holder_ids))
+        pads = [
+            messages.Pad(pad_id=secrets.token_hex(12), keyset_id=self.keyset_id, holder_id=h, batch_id=batch_id,
+                         data=share.tobytes())
+            for h, share in zip(holder_ids, shares)
+        ]
+        return messages.PadShell(shell_id=secrets.token_hex(12), keyset_id=self.keyset_id, batch_id=batch_id,
+                                 data=shell), pads
 
     def decrypt_labels(self, labels: messages.EncryptedLabels) -> np.ndarray:
         """Label index per query; refuses ciphertexts of another keyset or out-of-range labels."""

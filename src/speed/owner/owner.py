@@ -11,6 +11,7 @@ import numpy as np
 from speed import messages
 from speed.crypto.circuit import DEFAULT_CACHE_DIR, server_program_path
 from speed.crypto.runtime import digest, load_server_program
+from speed.crypto.seeded import pad_mode_for
 from speed.crypto.spec import CircuitSpec
 from speed.owner.keys import OwnerKeys
 
@@ -23,7 +24,7 @@ class ModelOwner:
         spec: CircuitSpec,
         cache_dir: Path | None = None,
         key_path: Path | None = None,
-        pad_mode: str = "seeded",
+        pad_mode: str | None = None,
     ):
         self.spec = spec
         self.timings: dict[str, float] = {}
@@ -33,9 +34,10 @@ class ModelOwner:
         server_program = self._server_program = load_server_program(path)
         self.timings["compile_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        self.keys = OwnerKeys(server_program, spec, key_path, pad_mode)
+        self.keys = OwnerKeys(server_program, spec, key_path, pad_mode or pad_mode_for(spec))
         self.timings["keygen_s"] = time.perf_counter() - start
         self.pads_issued: dict[str, tuple[int, int]] = {}
+        self._shells: dict[int, messages.PadShell] = {}
 
     def circuit_bundle(self) -> messages.CircuitBundle:
         layout = self.keys.layout.to_dict() if self.keys.layout else {}
@@ -48,11 +50,20 @@ class ModelOwner:
         return self.keys.evaluation_keys()
 
     def issue_pads(self, batch_id: int, holder_ids: range | list[int]) -> list[messages.Pad]:
-        """One fresh pad per holder for ``batch_id``."""
-        pads = [self.keys.new_pad(h, batch_id) for h in holder_ids]
+        """One fresh pad per holder for ``batch_id`` (shared pads: one share per holder of the
+        batch's pad, whose shell :meth:`pad_shell` hands to the server)."""
+        if self.keys.pad_mode == "shared":
+            shell, pads = self.keys.new_shared_pads(list(holder_ids), batch_id)
+            self._shells[batch_id] = shell
+        else:
+            pads = [self.keys.new_pad(h, batch_id) for h in holder_ids]
         for pad in pads:
             self.pads_issued[pad.pad_id] = (pad.holder_id, batch_id)
         return pads
+
+    def pad_shell(self, batch_id: int) -> messages.PadShell | None:
+        """The server's part of ``batch_id``'s shared pad (None in the other pad modes); once."""
+        return self._shells.pop(batch_id, None)
 
     def decrypt(self, labels: messages.EncryptedLabels) -> np.ndarray:
         return self.keys.decrypt_labels(labels)

@@ -255,6 +255,7 @@ def markdown(r: dict[str, Any]) -> str:
     if b:
         w(f"- bytes: holder → server {b.get('holder_to_server_bytes_per_query', 0):.0f} B/query/holder, "
           f"owner → holder pads {b.get('owner_to_holder_pad_bytes_per_query', 0):.0f} B/query/holder, "
+          f"owner → server pad shells {b.get('owner_to_server_shell_bytes_per_query', 0):.0f} B/query, "
           f"server → owner {b.get('server_to_owner_bytes_per_query', 0):.0f} B/query, evaluation keys "
           f"{b.get('evaluation_key_bytes', 0) / 2**20:.1f} MiB (sent once to the server; holders receive them "
           "only in `encode` pad mode)")

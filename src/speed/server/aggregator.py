@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from speed import messages
+from speed.crypto import shared
 from speed.crypto.runtime import (
     digest,
     load_evaluation_keys,
     load_server_program,
     load_value,
 )
+from speed.crypto.seeded import SeededLayout, check_pad_mode
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 
@@ -75,6 +77,11 @@ class AggregationServer:
     State: the compiled program, the evaluation keys, and the ids of pads already used
     (a pad presented twice is refused: its reuse would reveal the difference of two
     votes).  A refused call changes no state.
+
+    ``pad_mode="shared"``: the votes are additive shares of one pad per batch, whose shell (seeds,
+    bodies zeroed) comes from the owner (:meth:`receive_shell`); the server adds the N shares into
+    the shell's bodies and ``aggregate`` takes that one encryption of the class sums
+    (:mod:`speed.crypto.shared`).
     """
 
     def __init__(self, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys, workers: int | None = None):
@@ -92,8 +99,26 @@ class AggregationServer:
         self.workers = workers or self.cpus
         self._program = load_server_program(bundle.program)
         self._evaluation_keys = load_evaluation_keys(keys.data)
+        self.pad_mode = bundle.pad_mode
+        check_pad_mode(self.spec, self.pad_mode)
+        self._layout = SeededLayout.from_dict(bundle.pad_layout) if self.pad_mode == "shared" else None
+        self._shells: dict[int, messages.PadShell] = {}
         self.used_pad_ids: set[str] = set()
         self.batches_done = 0
+
+    def receive_shell(self, shell: messages.PadShell) -> None:
+        """``pad_mode="shared"``: the owner's shell of a batch's pad (single use)."""
+        if self.pad_mode != "shared":
+            raise InputError(f"pad shells belong to pad mode 'shared', this server runs {self.pad_mode!r}")
+        if not isinstance(shell, messages.PadShell):
+            raise InputError("receive_shell takes a PadShell message")
+        if shell.keyset_id != self.keyset_id:
+            raise CiphertextError(f"pad shell {shell.shell_id} belongs to keyset {shell.keyset_id}, not {self.keyset_id}")
+        if len(shell.data) != self._layout.size:
+            raise CiphertextError(f"pad shell {shell.shell_id} has {len(shell.data)} bytes, expected {self._layout.size}")
+        if shell.shell_id in self.used_pad_ids or shell.batch_id in self._shells:
+            raise PadReuseError(f"pad shell {shell.shell_id} for batch {shell.batch_id} was already received or used: refused")
+        self._shells[shell.batch_id] = shell
 
     def check_votes(self, batch: messages.QueryBatch, votes: list[messages.EncryptedVote],
                     also_used: set[str] | frozenset[str] = frozenset()) -> None:
@@ -121,6 +146,10 @@ class AggregationServer:
             if vote.pad_id in self.used_pad_ids or vote.pad_id in seen or vote.pad_id in also_used:
                 raise PadReuseError(f"pad {vote.pad_id} (holder {vote.holder_id}) was already used: refused")
             seen.add(vote.pad_id)
+            if self.pad_mode == "shared":
+                shared.share_from_bytes(self._layout, vote.data, f"batch {batch.batch_id}: vote of holder {vote.holder_id}")
+        if self.pad_mode == "shared" and batch.batch_id not in self._shells:
+            raise InputError(f"batch {batch.batch_id}: no pad shell from the owner (shared pads)")
 
     def threads_per_call(self, batches: int) -> int:
         """OpenMP threads of each circuit call when ``batches`` batches are computed together."""
@@ -145,7 +174,14 @@ class AggregationServer:
             self.check_votes(batch, votes, also_used=taken)
             taken.update(v.pad_id for v in votes)
             ordered = sorted(votes, key=lambda v: v.holder_id)
-            values = [load_value(v.data, f"batch {batch.batch_id}: vote of holder {v.holder_id}") for v in ordered]
+            if self.pad_mode == "shared":
+                shell = self._shells[batch.batch_id]
+                summed = shared.combine(self._layout, shell.data, [
+                    shared.share_from_bytes(self._layout, v.data, f"vote of holder {v.holder_id}") for v in ordered
+                ])
+                values = [load_value(summed, f"batch {batch.batch_id}: class sums")]
+            else:
+                values = [load_value(v.data, f"batch {batch.batch_id}: vote of holder {v.holder_id}") for v in ordered]
             prepared.append((batch, ordered, values))
 
         def run(entry):
@@ -161,6 +197,8 @@ class AggregationServer:
         out = []
         for (batch, ordered, _), result in zip(prepared, results):
             self.used_pad_ids.update(v.pad_id for v in ordered)
+            if self.pad_mode == "shared":
+                self.used_pad_ids.add(self._shells.pop(batch.batch_id).shell_id)
             self.batches_done += 1
             out.append(messages.EncryptedLabels(
                 batch_id=batch.batch_id,
