@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from speed.cli.report import dump_json, print_sections
+from speed.crypto.seeded import PAD_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
     p.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote (default 1)")
     p.add_argument("--batch-size", type=int, default=10, help="queries per encrypted circuit call (default 10)")
-    p.add_argument("--pad-mode", choices=["shared", "seeded", "encode"], default="shared",
+    p.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
                    help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; "
                         "default), seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, teachers and seeded noise")
