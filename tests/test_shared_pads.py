@@ -8,6 +8,8 @@ import secrets
 
 import numpy as np
 import pytest
+from conftest import SMALL, make_holders
+from test_key_model import _secret_key_windows
 
 from speed import messages
 from speed.crypto import shared
@@ -16,9 +18,6 @@ from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 from speed.owner.owner import ModelOwner
 from speed.protocol import label_queries, setup_parties
-
-from conftest import SMALL, make_holders
-from test_key_model import _secret_key_windows
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,9 @@ def test_split_shares_add_up_to_the_bodies_and_the_shell_drops_them():
     layout = SeededLayout(size=7 + 24 * 5 + 3, first_body=7 + 16, count=5, delta_log2=50)
     pad = secrets.token_bytes(layout.size)
     shell, shares = shared.split_pad(layout, pad, 4)
-    bodies = shared.read_bodies(layout, pad)
+    bodies = layout.bodies(pad)
     np.testing.assert_array_equal(np.add.reduce(np.stack(shares), axis=0, dtype=np.uint64), bodies)
-    assert not shared.read_bodies(layout, shell).any()
+    assert not layout.bodies(shell).any()
     # everything but the bodies (header, seeds, trailer) is the pad's
     mask = np.ones(layout.size, dtype=bool)
     mask[(layout.first_body + 24 * np.arange(5))[:, None] + np.arange(8)] = False
@@ -64,11 +63,11 @@ def test_split_shares_add_up_to_the_bodies_and_the_shell_drops_them():
     # m_i = r_i + Δ·v_i: their sum is the body plus Δ·Σv (mod 2^64), negative values included
     values = np.array([[3, -2, 0, 1, -9], [0, 1, 1, 0, 2], [-1, 0, 0, 0, 0], [0, 0, 5, 0, 0]])
     sent = [np.frombuffer(shared.add_votes(layout, r, v), np.uint64) for r, v in zip(shares, values)]
-    combined = shared.read_bodies(layout, shared.combine(layout, shell, sent))
+    combined = layout.bodies(shared.combine(layout, shell, sent))
     expected = bodies + values.sum(axis=0).astype(np.uint64) * np.uint64(1 << 50)
     np.testing.assert_array_equal(combined, expected)
     with pytest.raises(CiphertextError, match="bytes"):
-        shared.read_bodies(layout, pad[:-1])
+        layout.bodies(pad[:-1])
     with pytest.raises(CiphertextError, match="expected 40"):
         shared.share_from_bytes(layout, b"\0" * 39, "vote")
 

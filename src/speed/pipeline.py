@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from speed.crypto.seeded import PAD_MODES
+from speed.crypto.seeded import PAD_MODES, aggregate_input_for
 from speed.crypto.spec import CircuitSpec, choose_noise_bound
 from speed.errors import BudgetExhaustedError, InputError
 from speed.holder import DataHolder
@@ -80,7 +80,7 @@ def circuit_spec(config: RunConfig, num_classes: int) -> CircuitSpec:
     return CircuitSpec(
         num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
         resolution=config.resolution, batch_size=config.batch_size, global_p_error=config.global_p_error,
-        aggregate_input="sum" if config.pad_mode == "shared" else "holders",
+        aggregate_input=aggregate_input_for(config.pad_mode),
     )
 
 

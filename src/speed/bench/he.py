@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from speed.crypto.circuit import server_program_path
+from speed.crypto.seeded import aggregate_input_for
 from speed.crypto.spec import CircuitSpec, choose_noise_bound, reference_argmax
 from speed.holder import DataHolder
 from speed.machine import machine
@@ -143,7 +144,7 @@ def run(
     spec = CircuitSpec(
         num_holders=num_holders, num_classes=num_classes, noise_bound=bound, resolution=resolution,
         batch_size=batch_size, global_p_error=global_p_error, argmax=argmax, chunk_bits=chunk_bits,
-        aggregate_input="sum" if pad_mode == "shared" else "holders",
+        aggregate_input=aggregate_input_for(pad_mode),
     )
     cached = (Path(cache_dir) / "circuits" / spec.cache_key / "server.zip").exists()
     start = time.perf_counter()

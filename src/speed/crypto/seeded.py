@@ -36,10 +36,15 @@ PAD_MODES = ("seeded", "encode", "shared")
 KEYLESS_PAD_MODES = ("seeded", "shared")
 
 
+def aggregate_input_for(pad_mode: str) -> str:
+    """The circuit input a pad mode needs: the class sums for shared pads, one encrypted vote per
+    holder otherwise (``CircuitSpec.aggregate_input``)."""
+    return "sum" if pad_mode == "shared" else "holders"
+
+
 def check_pad_mode(spec, pad_mode: str) -> None:
-    """Shared pads need a circuit that takes the class sums (``aggregate_input="sum"``); the
-    other modes one encrypted vote per holder."""
-    wanted = "sum" if pad_mode == "shared" else "holders"
+    """Refuse a pad mode whose circuit input (:func:`aggregate_input_for`) is not ``spec``'s."""
+    wanted = aggregate_input_for(pad_mode)
     if spec.aggregate_input != wanted:
         raise InputError(f"pad mode {pad_mode!r} needs a circuit with aggregate_input={wanted!r}, "
                          f"this one has {spec.aggregate_input!r}")
@@ -53,7 +58,7 @@ def pad_mode_for(spec) -> str:
 SEED_BYTES = 16
 BODY_BYTES = 8
 STRIDE = SEED_BYTES + BODY_BYTES
-MASK64 = (1 << 64) - 1
+BODY_DTYPE = np.dtype("<u8")  # an LWE body: one little-endian 64-bit word
 
 
 @dataclass(frozen=True)
@@ -72,20 +77,38 @@ class SeededLayout:
     def from_dict(cls, data: dict) -> "SeededLayout":
         return cls(**data)
 
-    def add(self, pad: bytes, values: np.ndarray) -> bytes:
-        """The pad with Δ·values added to its bodies (values: int array of ``count`` entries)."""
+    def _body_offsets(self) -> np.ndarray:
+        """(count, 8) byte offsets of every body in a serialized seeded value."""
+        starts = self.first_body + STRIDE * np.arange(self.count)
+        return starts[:, None] + np.arange(BODY_BYTES)
+
+    def bodies(self, data: bytes) -> np.ndarray:
+        """The ``count`` LWE bodies of a serialized seeded value, as uint64."""
+        if len(data) != self.size:
+            raise CiphertextError(f"seeded value has {len(data)} bytes, a seeded pad of this run has {self.size}")
+        raw = np.frombuffer(data, dtype=np.uint8)[self._body_offsets()]
+        return np.ascontiguousarray(raw).view(BODY_DTYPE).reshape(-1)
+
+    def with_bodies(self, data: bytes, bodies: np.ndarray) -> bytes:
+        """``data`` with its ``count`` bodies replaced by ``bodies`` (uint64)."""
+        if len(data) != self.size:
+            raise CiphertextError(f"seeded value has {len(data)} bytes, a seeded pad of this run has {self.size}")
+        out = np.frombuffer(data, dtype=np.uint8).copy()
+        words = np.ascontiguousarray(np.asarray(bodies, dtype=BODY_DTYPE)).view(np.uint8)
+        out[self._body_offsets()] = words.reshape(self.count, BODY_BYTES)
+        return out.tobytes()
+
+    def times_delta(self, values: np.ndarray) -> np.ndarray:
+        """Δ·v mod 2^64 (uint64) for ``count`` integer values v (negative ones wrap)."""
         flat = np.asarray(values, dtype=np.int64).reshape(-1)
         if flat.size != self.count:
             raise InputError(f"expected {self.count} values for this pad, got {flat.size}")
-        if len(pad) != self.size:
-            raise CiphertextError(f"pad has {len(pad)} bytes, a seeded pad of this run has {self.size}")
-        out = bytearray(pad)
-        delta = 1 << self.delta_log2
-        for j, v in enumerate(flat.tolist()):
-            off = self.first_body + STRIDE * j
-            word = int.from_bytes(out[off : off + BODY_BYTES], "little")
-            out[off : off + BODY_BYTES] = ((word + v * delta) & MASK64).to_bytes(BODY_BYTES, "little")
-        return bytes(out)
+        return flat.astype(BODY_DTYPE) * np.uint64(1 << self.delta_log2)  # uint64 arithmetic wraps mod 2^64
+
+    def add(self, pad: bytes, values: np.ndarray) -> bytes:
+        """The pad with Δ·values added to its bodies (values: int array of ``count`` entries)."""
+        shift = self.times_delta(values)
+        return self.with_bodies(pad, self.bodies(pad) + shift)
 
 
 def discover_layout(

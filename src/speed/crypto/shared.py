@@ -32,34 +32,10 @@ import secrets
 
 import numpy as np
 
-from speed.crypto.seeded import BODY_BYTES, STRIDE, SeededLayout
+from speed.crypto.seeded import BODY_DTYPE, SeededLayout
 from speed.errors import CiphertextError, InputError
 
-SHARE_DTYPE = np.dtype("<u8")
-
-
-def _body_offsets(layout: SeededLayout) -> np.ndarray:
-    """(count, 8) byte offsets of every body in a serialized seeded value."""
-    starts = layout.first_body + STRIDE * np.arange(layout.count)
-    return starts[:, None] + np.arange(BODY_BYTES)
-
-
-def read_bodies(layout: SeededLayout, data: bytes) -> np.ndarray:
-    """The ``count`` LWE bodies of a serialized seeded value, as uint64."""
-    if len(data) != layout.size:
-        raise CiphertextError(f"seeded value has {len(data)} bytes, this run's have {layout.size}")
-    raw = np.frombuffer(data, dtype=np.uint8)[_body_offsets(layout)]
-    return np.ascontiguousarray(raw).view(SHARE_DTYPE).reshape(-1)
-
-
-def write_bodies(layout: SeededLayout, data: bytes, bodies: np.ndarray) -> bytes:
-    """``data`` with its ``count`` bodies replaced by ``bodies`` (uint64)."""
-    if len(data) != layout.size:
-        raise CiphertextError(f"seeded value has {len(data)} bytes, this run's have {layout.size}")
-    out = np.frombuffer(bytearray(data), dtype=np.uint8).copy()
-    words = np.ascontiguousarray(np.asarray(bodies, dtype=SHARE_DTYPE)).view(np.uint8).reshape(layout.count, BODY_BYTES)
-    out[_body_offsets(layout)] = words
-    return out.tobytes()
+SHARE_DTYPE = BODY_DTYPE  # a share and a holder's message: one 64-bit word per value, like a body
 
 
 def split_pad(layout: SeededLayout, pad: bytes, num_shares: int) -> tuple[bytes, list[np.ndarray]]:
@@ -67,12 +43,12 @@ def split_pad(layout: SeededLayout, pad: bytes, num_shares: int) -> tuple[bytes,
     to the bodies mod 2^64 (all but the last uniform from the OS CSPRNG)."""
     if num_shares < 1:
         raise InputError(f"a pad is split among at least one holder, got {num_shares}")
-    bodies = read_bodies(layout, pad)
+    bodies = layout.bodies(pad)
     random = np.frombuffer(secrets.token_bytes(SHARE_DTYPE.itemsize * layout.count * (num_shares - 1)),
                            dtype=SHARE_DTYPE).reshape(num_shares - 1, layout.count)
     last = bodies - np.add.reduce(random, axis=0, dtype=SHARE_DTYPE)  # uint64 arithmetic wraps mod 2^64
     shares = [row.copy() for row in random] + [last]
-    return write_bodies(layout, pad, np.zeros(layout.count, dtype=SHARE_DTYPE)), shares
+    return layout.with_bodies(pad, np.zeros(layout.count, dtype=SHARE_DTYPE)), shares
 
 
 def share_from_bytes(layout: SeededLayout, data: bytes, what: str) -> np.ndarray:
@@ -85,14 +61,10 @@ def share_from_bytes(layout: SeededLayout, data: bytes, what: str) -> np.ndarray
 
 def add_votes(layout: SeededLayout, share: np.ndarray, values: np.ndarray) -> bytes:
     """A holder's message m = r + Δ·v (mod 2^64) for its share r and encoded values v."""
-    flat = np.asarray(values, dtype=np.int64).reshape(-1)
-    if flat.size != layout.count:
-        raise InputError(f"expected {layout.count} values for this pad, got {flat.size}")
-    delta = np.uint64(1 << layout.delta_log2)
-    return (share + flat.astype(SHARE_DTYPE) * delta).astype(SHARE_DTYPE).tobytes()
+    return (share + layout.times_delta(values)).tobytes()
 
 
 def combine(layout: SeededLayout, shell: bytes, messages: list[np.ndarray]) -> bytes:
     """The seeded encryption of the class sums: the shell with bodies Σ m_i (mod 2^64)."""
     total = np.add.reduce(np.stack(messages), axis=0, dtype=SHARE_DTYPE)
-    return write_bodies(layout, shell, total)
+    return layout.with_bodies(shell, total)
