@@ -77,7 +77,7 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=5)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--pad-mode", choices=["seeded", "encode"], default="seeded")
+    p.add_argument("--pad-mode", choices=["shared", "seeded", "encode"], default="shared")
     p.add_argument("--cpus-per-node", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=Path(".speed-cache"))
     p.add_argument("--tag", default="", help="suffix of the result file name")

@@ -170,6 +170,7 @@ def test_records_roundtrip_every_message_type():
         messages.Pad(pad_id="x", keyset_id="k", holder_id=1, batch_id=2, data=b"pad"),
         messages.EncryptedVote(batch_id=2, holder_id=1, pad_id="x", keyset_id="k", data=b"vote"),
         messages.EncryptedLabels(batch_id=2, query_ids=(5, 9), holder_ids=(0, 1, 2), keyset_id="k", data=b"lab"),
+        messages.PadShell(shell_id="s", keyset_id="k", batch_id=2, data=b"shell"),
     ]
     content = RecordDict()
     for i, m in enumerate(samples):
@@ -311,7 +312,7 @@ def test_fake_grid_without_owner_stops_with_a_clear_message(tmp_path, cache_dir)
 
 @pytest.mark.slow
 def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home, cache_dir, reference):
-    config = job_config("fake-full")
+    config = job_config("fake-full", pad_mode="seeded")
     summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=11)
     assert summary["status"] == "completed", summary["reason"]
     assert labels == reference
@@ -355,9 +356,43 @@ def test_fake_grid_encode_mode_ships_keys_to_holders_with_same_labels(fed_home, 
     keys = records.get(to_holders[0], "keys", messages.EvaluationKeys)
     assert all(summary["bytes"][f"holder-{i}"]["bytes_sent_to"] > len(keys.data) for i in range(N))
     # a later seeded job on the same holders does not use (or resend) the keys
-    summary2, labels2, grid2, _ = run_fake(fed_home, cache_dir, job_config("fake-seeded-after-encode"), run_id=17)
+    summary2, labels2, grid2, _ = run_fake(fed_home, cache_dir, job_config("fake-seeded-after-encode", pad_mode="seeded"),
+                                           run_id=17)
     assert summary2["status"] == "completed" and labels2 == reference
     assert not any("keys" in c.config_records for kind, n, t, c in grid2.seen if kind == "to")
+
+
+@pytest.mark.slow
+def test_fake_grid_shared_pads_same_labels_eight_bytes_and_no_share_in_clear(fed_home, cache_dir, reference):
+    config = job_config("fake-shared", pad_mode="shared")
+    summary, labels, grid, _ = run_fake(fed_home, cache_dir, config, run_id=18)
+    assert summary["status"] == "completed", summary["reason"]
+    assert summary["pad_mode"] == "shared" and labels == reference
+    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    assert len(to_holders) == N and not any("keys" in c.config_records for c in to_holders)
+    votes = [records.get(c, "vote", messages.EncryptedVote) for kind, n, t, c in grid.seen
+             if kind == "from" and t == "query.vote"]
+    assert len(votes) == N * (Q // B) and all(len(v.data) == 8 * B * K for v in votes)  # 8 bytes per value
+    shells = [records.get(c, "shell", messages.PadShell) for kind, n, t, c in grid.seen
+              if kind == "from" and "shell" in c.config_records]
+    assert sorted(s.batch_id for s in shells) == list(range(Q // B))  # one shell per batch, from the owner
+    # no share in clear at the server: each reached it sealed, and only its holder's vote carries it
+    blobs = [bytes(a.data) for kind, node, mtype, content in grid.seen
+             for rec in content.array_records.values() for a in rec.values()]
+    sealed = [records.get(c, "pad", messages.Pad) for kind, n, t, c in grid.seen if kind == "to" and t == "query.vote"]
+    assert len(sealed) == len(votes)
+    bundle = next(records.get(c, "bundle", messages.CircuitBundle) for kind, n, t, c in grid.seen
+                  if kind == "from" and t == "query.setup" and "bundle" in c.config_records)
+    delta_log2 = int(bundle.pad_layout["delta_log2"])
+    for pad in sealed:
+        opened = open_pad(pad, HolderPadKey(fed_home / f"holder-{pad.holder_id}").private_key())
+        assert not any(opened.data in blob for blob in blobs), "a share reached the server in clear"
+        # control: the share is what the vote was made from (vote − share = Δ·v), so seeing it would reveal v
+        vote = next(v for v in votes if v.pad_id == pad.pad_id)
+        delta_v = np.frombuffer(vote.data, np.uint64) - np.frombuffer(opened.data, np.uint64)
+        v = delta_v.view(np.int64) >> delta_log2
+        assert np.array_equal(v.astype(np.uint64) << np.uint64(delta_log2), delta_v) and np.abs(v).max() < 2**10
+    assert not list((fed_home / "owner" / "jobs" / config.effective_job_id / "shares").glob("*"))  # shares deleted
 
 
 def test_holder_without_keys_only_for_seeded_pads(tmp_path):
@@ -369,7 +404,7 @@ def test_holder_without_keys_only_for_seeded_pads(tmp_path):
     with pytest.raises(InputError, match="needs the evaluation keys"):
         connect_holder(DataHolder(0, lambda q: q, 0.5), bundle, None, "k")
     node = NodeConfig.from_node_config({"role": "holder", "partition-id": 0, "state-dir": str(tmp_path)})
-    holder = HolderNode(job_config("x"), node)  # seeded job
+    holder = HolderNode(job_config("x"), node)  # shared-pad job (the default)
     with pytest.raises(InputError, match="pad mode 'encode'"):
         holder.setup({}, "k", [0], bundle, None)
     with pytest.raises(InputError, match="no circuit bundle"):
@@ -395,9 +430,11 @@ def _answering_reference(table, config, holders_answering, spec):
 
 
 @pytest.mark.slow
-def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_dir, table):
-    config = job_config("fake-fill", min_holders=2)
-    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=12, silent_from={3: 2})  # holder 2
+@pytest.mark.parametrize("pad_mode", ["seeded", "shared"])
+def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_dir, table, pad_mode):
+    config = job_config(f"fake-fill-{pad_mode}", min_holders=2, pad_mode=pad_mode)
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=12 if pad_mode == "seeded" else 19,
+                                            silent_from={3: 2})  # holder 2
     assert summary["status"] == "completed", summary["reason"]
     assert [b["missing"] for b in summary["batches"]] == [[2], [2]]  # dropped for the rest of the run
     assert "2" in summary["holders_dropped"]
@@ -409,6 +446,14 @@ def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_d
     fillers = (fed_home / "owner" / "jobs" / config.effective_job_id / "fillers.jsonl").read_text().splitlines()
     assert len(fillers) == Q // B
     assert any("stand-in" in line for line in lines)
+    if pad_mode == "shared":  # holder 2 got its shares (sealed); the owner never revealed them to the server
+        blobs = [bytes(a.data) for kind, node, mtype, content in grid.seen
+                 for rec in content.array_records.values() for a in rec.values()]
+        shares = [open_pad(records.get(c, "pad", messages.Pad), HolderPadKey(fed_home / "holder-2").private_key())
+                  for kind, n, t, c in grid.seen if kind == "to" and t == "query.vote" and n == 103]
+        assert len(shares) == 1 and not any(p.data in blob for p in shares for blob in blobs)  # batch 0 only
+        assert sum(kind == "from" and t == "query.fill" and "shell" in c.config_records
+                   for kind, n, t, c in grid.seen) == Q // B  # each batch's replacement shell
 
 
 @pytest.mark.slow

@@ -137,6 +137,42 @@ def test_reuse_missing_and_malformed_shares_are_refused_and_state_kept(shared_pa
     assert server.batches_done == 2 and len(server.used_pad_ids) == 2 * (shared_spec.num_holders + 1)
 
 
+def test_stand_in_shares_replace_the_shell_and_reveal_no_missing_share(shared_parties, shared_spec):
+    """A holder that does not answer (Flower deployment): a new shell and stand-in shares make the
+    sum of the answering holders' votes, without the missing holder's own share reaching the server."""
+    owner, server, holders = shared_parties
+    layout = owner.keys.layout
+    batch, shell, pads, votes, _ = _issue(owner, server, holders, 5, (0, 1))
+    missing = 1
+    answered = [h for h in range(len(holders)) if h != missing]
+    with pytest.raises(InputError, match="no pad shell to replace"):
+        server.receive_shell(owner.keys.new_shared_pads(range(len(holders)), 6)[0], replace=True)
+    answered_sum = np.add.reduce(np.stack([np.frombuffer(pads[h].data, np.uint64) for h in answered]),
+                                 axis=0, dtype=np.uint64)
+    new_shell, stand_ins = owner.keys.stand_in_shared_pads(5, [missing], answered_sum)
+    assert new_shell.shell_id != shell.shell_id and [p.holder_id for p in stand_ins] == [missing]
+    assert stand_ins[0].data != pads[missing].data  # the missing holder's own share stays with the owner
+    with pytest.raises(PadReuseError, match="shell"):
+        server.receive_shell(new_shell)  # a second shell only as an explicit replacement
+    server.receive_shell(new_shell, replace=True)
+    with pytest.raises(PadReuseError, match="shell"):
+        server.receive_shell(shell, replace=True)  # the first shell is gone for good
+    zeros = np.zeros((shared_spec.batch_size, shared_spec.num_classes), dtype=np.int64)
+    stand_in_vote = messages.EncryptedVote(
+        batch_id=5, holder_id=missing, pad_id=stand_ins[0].pad_id, keyset_id=owner.keys.keyset_id,
+        data=shared.add_votes(layout, np.frombuffer(stand_ins[0].data, np.uint64), zeros))
+    labels = owner.decrypt(server.aggregate(batch, [votes[h] for h in answered] + [stand_in_vote]))
+    # the clear sum of the answering holders' messages minus their shares: Δ·Σ v over them
+    delta_sum = np.add.reduce(np.stack([np.frombuffer(votes[h].data, np.uint64) for h in answered]),
+                              axis=0, dtype=np.uint64) - answered_sum
+    sums = (delta_sum.view(np.int64) >> layout.delta_log2).reshape(zeros.shape)
+    np.testing.assert_array_equal(labels, np.argmax(sums, axis=1))
+    with pytest.raises(InputError, match="distinct ids"):
+        owner.keys.stand_in_shared_pads(5, [missing, missing], answered_sum)
+    with pytest.raises(InputError, match="expected"):
+        owner.keys.stand_in_shared_pads(5, [missing], answered_sum[:-1])
+
+
 def test_modes_and_circuits_must_match(shared_spec, small_spec, cache_dir, shared_owner):
     with pytest.raises(InputError, match="aggregate_input='sum'"):
         ModelOwner(small_spec, cache_dir=cache_dir, pad_mode="shared")

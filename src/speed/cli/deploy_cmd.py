@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from speed.cli.report import dump_json
+from speed.crypto.seeded import PAD_MODES
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -37,8 +38,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
     g.add_argument("--seed", type=int, default=0, help="splits, queries and seeded noise streams (default 0)")
     g.add_argument("--production-noise", action="store_true", help="holders draw noise from the OS CSPRNG")
-    g.add_argument("--pad-mode", choices=["seeded", "encode"], default="seeded",
-                   help="how holders encrypt on their pad (default seeded)")
+    g.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
+                   help="how holders encrypt: shared (an 8-byte share per value of one pad per batch, summed by the "
+                        "server; default), seeded (one seeded pad each), encode (encode with the evaluation keys)")
     g.add_argument("--min-holders", type=int, default=0,
                    help="go on with a batch if at least this many holders answered; missing ones get the owner's "
                    "stand-in encryption of zero and the ledger uses the reduced τ (default 0 = all N required)")

@@ -24,6 +24,14 @@ is a fresh LWE encryption of the class sums plus uniform noise, so it learns no 
 know their own shares; the rest still sum to an LWE encryption of the other holders' votes.
 Each share is single use (reusing one reveals Δ·(v − v') of that holder), and so is each shell.
 Every holder must answer: a missing share leaves the body unusable (the server refuses).
+
+Holders that do not answer (the Flower deployment, :func:`stand_in_shares`).  The owner then
+makes a *second* fresh encryption of zero (mask a', body b') for the batch and gives the server
+its shell plus stand-in shares, one per missing slot, that sum to b' − Σ_{answered} r_i.  The
+server's N messages then sum to b' + Δ·Σ_{answered} v_i under the new shell; the old shell is
+discarded.  The owner never reveals a missing holder's own share r_h, so a vote of that holder
+arriving late (m_h = r_h + Δ·v_h) stays hidden: what the server can form from it,
+(b' − b) − Δ·v_h, is an LWE encryption under the mask a' − a.
 """
 
 from __future__ import annotations
@@ -49,6 +57,22 @@ def split_pad(layout: SeededLayout, pad: bytes, num_shares: int) -> tuple[bytes,
     last = bodies - np.add.reduce(random, axis=0, dtype=SHARE_DTYPE)  # uint64 arithmetic wraps mod 2^64
     shares = [row.copy() for row in random] + [last]
     return layout.with_bodies(pad, np.zeros(layout.count, dtype=SHARE_DTYPE)), shares
+
+
+def stand_in_shares(layout: SeededLayout, fresh_pad: bytes, answered_sum: np.ndarray,
+                    num_missing: int) -> tuple[bytes, list[np.ndarray]]:
+    """(shell, stand-in shares) for a batch whose holders did not all answer: ``fresh_pad`` is a
+    new encryption of zero (bodies b'), ``answered_sum`` the sum of the answering holders' shares
+    of the batch's first pad.  The ``num_missing`` stand-in shares sum to b' − answered_sum, so the
+    server's N messages sum to b' + Δ·Σ v over the answering holders (module docstring)."""
+    if num_missing < 1:
+        raise InputError(f"stand-in shares are for at least one missing holder, got {num_missing}")
+    answered_sum = np.asarray(answered_sum, dtype=SHARE_DTYPE)
+    if answered_sum.shape != (layout.count,):
+        raise InputError(f"the answering holders' shares sum to {answered_sum.shape} values, expected {layout.count}")
+    shell, shares = split_pad(layout, fresh_pad, num_missing)
+    shares[0] = shares[0] - answered_sum  # uint64: mod 2^64
+    return shell, shares
 
 
 def share_from_bytes(layout: SeededLayout, data: bytes, what: str) -> np.ndarray:

@@ -9,12 +9,12 @@ category; contents are ``speed.messages`` dataclasses, see :mod:`speed.deploy.re
 
 ==================  =========  ============================================================
 ``query.hello``     both       role, partition id, cached keysets, holder's pad key
-``query.setup``     owner      holders' pad keys → CircuitBundle, EvaluationKeys, plan, pads
+``query.setup``     owner      holders' pad keys → CircuitBundle, EvaluationKeys, plan, pads (+ PadShell)
 ``query.setup``     holder     CircuitBundle (unless cached; + EvaluationKeys in encode mode), query ids
 ``query.vote``      holder     QueryBatch + sealed Pad → EncryptedVote
-``query.pads``      owner      batch id, holder ids, pad keys → sealed Pads
-``query.fill``      owner      QueryBatch, missing holder ids → stand-in EncryptedVotes
-``query.labels``    owner      EncryptedLabels (+ next batch) → ack (counts, ε) + sealed Pads
+``query.pads``      owner      batch id, holder ids, pad keys → sealed Pads (+ PadShell)
+``query.fill``      owner      QueryBatch, missing holder ids → stand-in EncryptedVotes (+ new PadShell)
+``query.labels``    owner      EncryptedLabels (+ next batch) → ack (counts, ε) + sealed Pads (+ PadShell)
 ``query.finish``    owner      → job summary (counts, ε; never a label)
 ==================  =========  ============================================================
 
@@ -104,6 +104,8 @@ def setup(message: Message, context: Context) -> Message:
             records.put(out, "bundle", result["bundle"])
             records.put(out, "keys", result["keys"])
             records.put_many(out, "pads", result["pads"])
+            if result["shell"] is not None:  # shared pads: the first batch's shell, for the server
+                records.put(out, "shell", result["shell"])
             records.put_json(out, "info", result["info"])
             return out
         args = records.get_json(content, "setup")
@@ -142,8 +144,10 @@ def pads(message: Message, context: Context) -> Message:
     def run(content, ctx, config, node):
         args = records.get_json(content, "pads")
         out = RecordDict()
-        records.put_many(out, "pads", _owner(config, node, ctx).pads(args["batch_id"], args["holder_ids"],
-                                                                     args["pad_keys"]))
+        sealed, shell = _owner(config, node, ctx).pads(args["batch_id"], args["holder_ids"], args["pad_keys"])
+        records.put_many(out, "pads", sealed)
+        if shell is not None:
+            records.put(out, "shell", shell)
         return out
 
     return _handle(message, context, run)
@@ -155,7 +159,10 @@ def fill(message: Message, context: Context) -> Message:
         batch = records.get(content, "batch", messages.QueryBatch)
         holder_ids = records.get_json(content, "missing")
         out = RecordDict()
-        records.put_many(out, "votes", _owner(config, node, ctx).fill(batch, holder_ids))
+        votes, shell = _owner(config, node, ctx).fill(batch, holder_ids)
+        records.put_many(out, "votes", votes)
+        if shell is not None:  # shared pads: the batch's new shell, replacing the first one
+            records.put(out, "shell", shell)
         return out
 
     return _handle(message, context, run)
@@ -177,8 +184,10 @@ def labels(message: Message, context: Context) -> Message:
             ack = {"batch_id": encrypted.batch_id, "stopped": str(exc)}
         following = records.get_json(content, "next", None)
         if following and "stopped" not in ack:
-            records.put_many(out, "pads", owner.pads(following["batch_id"], following["holder_ids"],
-                                                     following["pad_keys"]))
+            sealed, shell = owner.pads(following["batch_id"], following["holder_ids"], following["pad_keys"])
+            records.put_many(out, "pads", sealed)
+            if shell is not None:
+                records.put(out, "shell", shell)
         records.put_json(out, "ack", ack)
         return out
 

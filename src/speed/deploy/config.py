@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from speed.crypto.seeded import PAD_MODES, aggregate_input_for
 from speed.crypto.spec import CircuitSpec, choose_noise_bound
 from speed.errors import InputError
 
@@ -46,7 +47,7 @@ class DeployConfig:
     global_p_error: float = 1e-9
     seed: int = 0  # splits, queries, and (unless production-noise) the holders' noise streams
     production_noise: bool = False  # True: holders draw noise from the OS CSPRNG
-    pad_mode: str = "seeded"  # "seeded": holders add Δ·v to seeded pads; "encode": holders run `encode`
+    pad_mode: str = "shared"  # "shared": holders add Δ·v to shares of one pad per batch; "seeded": to seeded pads; "encode": run `encode`
     job_id: str = ""  # ledger run id; "" = derived from the settings (a rerun resumes the same job)
     min_holders: int = 0  # continue a batch with at least this many answering holders (0 = all N)
     max_epsilon: float = 0.0  # owner's budget on the data-independent ε (0 = none)
@@ -59,9 +60,8 @@ class DeployConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.pad_mode not in ("seeded", "encode"):
-            raise InputError(f"pad-mode must be 'seeded' or 'encode' (shared pads run in one process only: "
-                             f"speed demo, bench he, reproduce), got {self.pad_mode!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise InputError(f"pad-mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
         if self.holders < 2:
             raise InputError(f"need at least 2 holders, got {self.holders}")
         if self.queries < 1 or self.batch_size < 1:
@@ -133,6 +133,7 @@ class DeployConfig:
         return CircuitSpec(
             num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=self.resolution,
             batch_size=self.batch_size, global_p_error=self.global_p_error,
+            aggregate_input=aggregate_input_for(self.pad_mode),
         )
 
 

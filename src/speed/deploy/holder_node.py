@@ -6,9 +6,10 @@ Durable, under the node's ``state-dir``:
 * ``keysets/<keyset id>/``: the circuit bundle received at setup, and — only for
   ``pad_mode="encode"`` — the evaluation keys (checked against their ids by
   ``DataHolder.connect``), so a rerun with the same owner keys does not move them again.
-  In the default seeded pad mode a holder only adds Δ·v to the 8-byte LWE bodies of its
-  pads (:mod:`speed.crypto.seeded`): it never uses evaluation keys, and the ServerApp does
-  not send them (≈ 49–308 MB per holder saved, see ``docs/deploy.md``);
+  In the seeded and shared pad modes a holder only adds Δ·v to the 8-byte LWE bodies of its
+  pad, or to its share of the batch's pad (:mod:`speed.crypto.seeded`, :mod:`speed.crypto.shared`):
+  it never uses evaluation keys, and the ServerApp does not send them (≈ 49–308 MB per holder
+  saved, see ``docs/deploy.md``);
 * ``jobs/<job id>/predictions.json``: this holder's teacher's answers to the job's
   public queries, computed once at setup (:mod:`speed.deploy.task`).
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from speed import messages
+from speed.crypto.seeded import KEYLESS_PAD_MODES
 from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import HolderPadKey, open_pad
 from speed.deploy.task import teacher_predictions
@@ -39,8 +41,8 @@ __all__ = ["HolderNode"]
 
 def connect_holder(holder: DataHolder, bundle: messages.CircuitBundle, keys: messages.EvaluationKeys | None,
                    keyset_id: str) -> None:
-    """``holder.connect`` with the evaluation keys, or without them for a seeded-pad bundle
-    (a seeded holder only adds Δ·v to its pads' bodies; every pad must carry ``keyset_id``)."""
+    """``holder.connect`` with the evaluation keys, or without them for a seeded- or shared-pad
+    bundle (such a holder only adds Δ·v to its pad's bodies or share; every pad must carry ``keyset_id``)."""
     holder.connect(bundle, keys, keyset_id=keyset_id)
 
 
@@ -80,7 +82,7 @@ class HolderNode:
                 mode = json.loads((directory / "bundle.json").read_text()).get("pad_mode")
             except (OSError, ValueError):
                 continue
-            if mode == self.config.pad_mode and (mode == "seeded" or (directory / "evaluation.keys").is_file()):
+            if mode == self.config.pad_mode and (mode in KEYLESS_PAD_MODES or (directory / "evaluation.keys").is_file()):
                 out.append(directory.name)
         return out
 
@@ -94,7 +96,7 @@ class HolderNode:
         _atomic_write(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())  # last: marks it usable
 
     def _load(self, keyset_id: str) -> tuple[messages.CircuitBundle, messages.EvaluationKeys | None]:
-        """The stored bundle, and the evaluation keys if this holder has them (``None`` in seeded mode)."""
+        """The stored bundle, and the evaluation keys if this holder has them (``None`` for seeded or shared pads)."""
         directory = self.node.state_dir / "keysets" / keyset_id
         if not (directory / "bundle.json").is_file():
             raise InputError(f"holder {self.holder_id} has no circuit bundle for keyset {keyset_id}: resend it")
@@ -102,7 +104,7 @@ class HolderNode:
         meta["program"] = (directory / "program.bin").read_bytes()
         bundle = messages.CircuitBundle.from_dict(meta)
         keys = None
-        if bundle.pad_mode != "seeded":  # seeded pads never need the keys: do not even read them
+        if bundle.pad_mode not in KEYLESS_PAD_MODES:  # seeded or shared pads never need the keys: do not read them
             if not (directory / "evaluation.keys").is_file():
                 raise InputError(f"holder {self.holder_id} has no evaluation keys for keyset {keyset_id}: resend them")
             keys = messages.EvaluationKeys(keyset_id=keyset_id, data=(directory / "evaluation.keys").read_bytes())

@@ -12,6 +12,9 @@ Durable state under the node's ``state-dir`` (never leaves this machine):
   (fsync) before anything is recorded, deleted once its labels are stored;
 * ``jobs/<job id>/labels.jsonl`` — the decrypted labels (fsync-ed), the job's output;
 * ``jobs/<job id>/fillers.jsonl`` — every stand-in vote issued for a missing holder;
+* ``jobs/<job id>/shares/`` — shared pad mode only: the N body shares of each batch's pad
+  (mode 0600), kept until the batch's labels are stored (a stand-in needs the answering
+  holders' sum) and cleared at the next setup;
 * ``holder-keys.json`` — holders' pad keys first seen (unless pinned, :mod:`speed.deploy.sealing`).
 
 Pads leave this node only sealed to their holder (:mod:`speed.deploy.sealing`): they
@@ -32,6 +35,13 @@ holders' noise shares: the total noise is NB(n/N, p) − NB(n/N, p), the lattice
 mechanism at τ_eff = τ − (N − n)/N (worst case: every missing holder was an honest one).
 The owner counts n from the stand-ins *it* issued for that batch, not from the server's
 word, and records ``num_holders=n, expected_holders=N`` so the ledger uses τ_eff.
+
+With shared pads (``pad-mode shared``) the batch's pad was split among all N slots, so a
+stand-in cannot be a fresh pad.  The owner makes a second encryption of zero for the batch and
+sends the server its shell (replacing the first) with stand-in shares that sum, with the
+answering holders' shares, to its bodies (:func:`speed.crypto.shared.stand_in_shares`).  It
+never reveals a missing holder's own share, so a vote of that holder that arrives late stays
+hidden from the server.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -162,9 +173,10 @@ class OwnerNode:
             plan.append({"batch_id": batch.batch_id, "query_ids": [int(q) for q in batch.query_ids],
                          "remaining": remaining})
         first = next((b for b in plan if b["remaining"]), None)
-        pads = self.pads(first["batch_id"], sorted(holder_keys), holder_keys) if first else []
+        shutil.rmtree(self.job_dir / "shares", ignore_errors=True)  # earlier sessions' shares: their shells are gone
+        pads, shell = self.pads(first["batch_id"], sorted(holder_keys), holder_keys) if first else ([], None)
         return {
-            "bundle": owner.circuit_bundle(), "keys": owner.evaluation_keys(), "pads": pads,
+            "bundle": owner.circuit_bundle(), "keys": owner.evaluation_keys(), "pads": pads, "shell": shell,
             "info": {"job_id": self.job_id, "plan": plan, "recovered": recovered, "status": status,
                      "prepare_s": prepared, "spec": self.spec.to_dict(), "pad_mode": owner.keys.pad_mode,
                      "failure_probability_per_query": self.failure_per_query},
@@ -188,8 +200,11 @@ class OwnerNode:
         return {"batches_recovered": done, "refused": refused}
 
     # -- per batch -------------------------------------------------------------------
-    def pads(self, batch_id: int, holder_ids: list[int], holder_keys: dict[int, str]) -> list[messages.Pad]:
-        """Fresh pads for ``batch_id``, each sealed to its holder's pad key (the router cannot read them)."""
+    def pads(self, batch_id: int, holder_ids: list[int],
+             holder_keys: dict[int, str]) -> tuple[list[messages.Pad], messages.PadShell | None]:
+        """Fresh pads for ``batch_id``, each sealed to its holder's pad key (the router cannot read
+        them), and in shared pad mode the batch's shell for the server when its pad was split now
+        (None otherwise)."""
         self._check_holders(holder_ids)
         offered = {int(h): str(k) for h, k in holder_keys.items()}
         keys = PinnedHolderKeys(self.node.state_dir, self.node.holder_keys or None).check(
@@ -197,27 +212,72 @@ class OwnerNode:
         lacking = [h for h in holder_ids if int(h) not in keys]
         if lacking:
             raise InputError(f"no pad key for holders {lacking}: pads are only sent sealed")
-        pads = self.owner.issue_pads(int(batch_id), [int(h) for h in holder_ids])
-        return [seal_pad(p, keys[p.holder_id]) for p in pads]
+        if self.owner.keys.pad_mode == "shared":
+            pads, shell = self._shares(int(batch_id), [int(h) for h in holder_ids])
+        else:
+            pads, shell = self.owner.issue_pads(int(batch_id), [int(h) for h in holder_ids]), None
+        return [seal_pad(p, keys[p.holder_id]) for p in pads], shell
 
-    def fill(self, batch: messages.QueryBatch, holder_ids: list[int]) -> list[messages.EncryptedVote]:
-        """Stand-in votes (encryptions of zero) for holders that did not answer ``batch``."""
+    def _shares_path(self, batch_id: int) -> Path:
+        return self.job_dir / "shares" / f"{self.session or 'local'}-batch-{batch_id:06d}.npz"
+
+    def _shares(self, batch_id: int, holder_ids: list[int]) -> tuple[list[messages.Pad], messages.PadShell | None]:
+        """Shared pads: the batch's pad is split among all N slots once (the shares kept on disk,
+        mode 0600, until the batch's labels are stored: a stand-in needs the answering holders'
+        sum, and Flower runs every message in a fresh process); ``holder_ids`` get theirs."""
+        path = self._shares_path(batch_id)
+        shell = None
+        if not path.exists():
+            shell, issued = self.owner.keys.new_shared_pads(list(range(self.spec.num_holders)), batch_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                np.savez(fh, shares=np.stack([np.frombuffer(p.data, dtype=np.uint64) for p in issued]),
+                         pad_ids=np.array([p.pad_id for p in issued]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        with np.load(path) as kept:
+            shares, pad_ids = kept["shares"], kept["pad_ids"]
+        keyset = self.owner.keys.keyset_id
+        pads = [messages.Pad(pad_id=str(pad_ids[h]), keyset_id=keyset, holder_id=h, batch_id=batch_id,
+                             data=shares[h].tobytes()) for h in holder_ids]
+        return pads, shell
+
+    def fill(self, batch: messages.QueryBatch,
+             holder_ids: list[int]) -> tuple[list[messages.EncryptedVote], messages.PadShell | None]:
+        """Stand-in votes (encryptions of zero) for holders that did not answer ``batch``; in
+        shared pad mode also the batch's new shell, which replaces the first one at the server
+        (:func:`speed.crypto.shared.stand_in_shares`: no missing holder's share is revealed)."""
         self._check_holders(holder_ids)
         owner = self.owner
         bundle, keys = owner.circuit_bundle(), owner.evaluation_keys()
         zeros = np.zeros((self.spec.batch_size, self.spec.num_classes), dtype=np.int64)
+        missing = sorted({int(h) for h in holder_ids})
+        shell = None
+        if owner.keys.pad_mode == "shared":
+            path = self._shares_path(batch.batch_id)
+            if not path.exists():
+                raise InputError(f"batch {batch.batch_id}: no shared pad was issued for it in this session")
+            with np.load(path) as kept:
+                shares = kept["shares"]
+            answered = [h for h in range(self.spec.num_holders) if h not in missing]
+            answered_sum = np.add.reduce(shares[answered], axis=0, dtype=np.uint64)
+            shell, stand_in_pads = owner.keys.stand_in_shared_pads(batch.batch_id, missing, answered_sum)
+        else:
+            stand_in_pads = [owner.issue_pads(batch.batch_id, [h])[0] for h in missing]
         votes = []
-        for h in holder_ids:
-            stand_in = DataHolder(int(h), lambda x: x, self.config.noise_scale)
+        for pad in stand_in_pads:
+            stand_in = DataHolder(pad.holder_id, lambda x: x, self.config.noise_scale)
             stand_in.connect(bundle, keys)
-            stand_in.receive_pad(owner.issue_pads(batch.batch_id, [int(h)])[0])
+            stand_in.receive_pad(pad)
             votes.append(stand_in.encrypt(batch.batch_id, zeros))
         _fsync_append(self.job_dir / "fillers.jsonl", [
             {"session": self.session, "batch_id": batch.batch_id, "holder_id": v.holder_id, "pad_id": v.pad_id,
              "query_ids": list(batch.query_ids), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             for v in votes
         ])
-        return votes
+        return votes, shell
 
     def labels(self, encrypted: messages.EncryptedLabels) -> dict[str, Any]:
         """Save → record (ledger, reduced τ if stand-ins were used) → decrypt → store labels."""
@@ -242,6 +302,7 @@ class OwnerNode:
         os.replace(tmp, pending)
         result = self._release(encrypted, answered, self.session)
         pending.unlink()
+        self._shares_path(encrypted.batch_id).unlink(missing_ok=True)  # shared pads: no stand-in needs them now
         return result
 
     def _release(self, encrypted: messages.EncryptedLabels, answered: int, session: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ __all__ = ["content_bytes", "get", "get_json", "get_many", "put", "put_json", "p
 M = TypeVar("M", bound=messages.Message)
 _TYPES = {cls.__name__: cls for cls in (
     messages.CircuitBundle, messages.EvaluationKeys, messages.QueryBatch, messages.Pad,
-    messages.EncryptedVote, messages.EncryptedLabels,
+    messages.EncryptedVote, messages.EncryptedLabels, messages.PadShell,
 )}
 STYPE = "raw-bytes"
 

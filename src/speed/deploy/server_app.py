@@ -7,8 +7,8 @@ function calls, and computes only with :class:`speed.server.AggregationServer`:
 2. ``query.setup`` to the owner: circuit bundle, evaluation keys, the batches still to
    label (from its ledger: a rerun resumes), pads for the first batch.
 3. ``query.setup`` to every holder: the circuit bundle (skipped when the holder already
-   holds that keyset) — plus the evaluation keys only in ``encode`` pad mode: a seeded-pad
-   holder never uses them — and the job's public query ids.
+   holds that keyset) — plus the evaluation keys only in ``encode`` pad mode: a seeded- or
+   shared-pad holder never uses them — and the job's public query ids.
 4. Per batch: ``query.vote`` to every holder (its pad + the public query ids) →
    encrypted votes; stand-ins from the owner (``query.fill``) for holders that did not
    answer, if at least ``min-holders`` did; ``AggregationServer.aggregate`` → encrypted
@@ -16,6 +16,10 @@ function calls, and computes only with :class:`speed.server.AggregationServer`:
    decrypts, and returns an acknowledgement (counts and ε only: the server never sees
    a label) with the pads of the next batch.
 5. ``query.finish``: the owner's summary; this app prints one JSON line ``[speed] SUMMARY``.
+
+Shared pads (the default): with the pads of every batch the owner sends the server that batch's
+*shell* (the pad's seeds, bodies zeroed; :mod:`speed.crypto.shared`), and with stand-ins a new
+shell that replaces it (``AggregationServer.receive_shell``).
 
 Pads travel owner → SuperLink → ServerApp → holder, **sealed** to the holder's X25519
 key (:mod:`speed.deploy.sealing`).  A pad is an FHE encryption of zero, but it must still
@@ -32,6 +36,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from speed import messages
+from speed.crypto.seeded import KEYLESS_PAD_MODES
 from speed.deploy import records
 from speed.deploy.config import DeployConfig
 from speed.errors import SpeedError
@@ -275,6 +280,7 @@ class Job:
         if self.info["recovered"]["batches_recovered"] or self.info["recovered"]["refused"]:
             self.log(f"owner recovery: {self.info['recovered']}")
         server = AggregationServer(bundle, keys)
+        self._receive_shell(server, content)
         plan = self.info["plan"]
         todo_ids = sorted({q for b in plan for q in b["remaining"]})
         if not todo_ids:
@@ -283,8 +289,9 @@ class Job:
             return
 
         # holders: the program bundle (once per keyset, unless cached) and the job's queries.  Evaluation
-        # keys only in encode pad mode: a seeded-pad holder adds Δ·v to its pad's bodies and never uses them.
-        holder_needs_keys = bundle.pad_mode != "seeded"
+        # keys only in encode pad mode: a seeded- or shared-pad holder adds Δ·v to its pad's bodies (or its
+        # share of them) and never uses them.
+        holder_needs_keys = bundle.pad_mode not in KEYLESS_PAD_MODES
         contents = {}
         for h in sorted(self.alive):
             out = RecordDict()
@@ -295,7 +302,7 @@ class Job:
                     records.put(out, "keys", keys)
             contents[self.holder_nodes[h]] = out
         sending = sum("bundle" in x.config_records for x in contents.values())
-        what = "bundle + evaluation keys" if holder_needs_keys else "bundle (seeded pads: no evaluation keys)"
+        what = "bundle + evaluation keys" if holder_needs_keys else f"bundle ({bundle.pad_mode} pads: no evaluation keys)"
         self.log(f"holder setup: sending the {what} to {sending} holder(s), {len(contents) - sending} have it")
         replies, errors = self.link.request(contents, "setup", c.setup_timeout, group="setup")
         node_to_holder = {n: h for h, n in self.holder_nodes.items()}
@@ -329,8 +336,9 @@ class Job:
             args = RecordDict()
             records.put_json(args, "pads", {"batch_id": batch.batch_id, "holder_ids": missing_pads,
                                             "pad_keys": {str(h): self.pad_keys[h] for h in missing_pads}})
-            got = records.get_many(self._ask_owner("pads", args, group=group), "pads", messages.Pad)
-            pads.update({p.holder_id: p for p in got})
+            reply = self._ask_owner("pads", args, group=group)
+            self._receive_shell(server, reply)
+            pads.update({p.holder_id: p for p in records.get_many(reply, "pads", messages.Pad)})
         contents = {}
         for h in sorted(self.alive):
             out = RecordDict()
@@ -358,7 +366,9 @@ class Job:
             args = RecordDict()
             records.put(args, "batch", batch)
             records.put_json(args, "missing", missing)
-            stand_ins = records.get_many(self._ask_owner("fill", args, group=group), "votes", messages.EncryptedVote)
+            reply = self._ask_owner("fill", args, group=group)
+            self._receive_shell(server, reply, replace=True)  # shared pads: the stand-ins' new shell
+            stand_ins = records.get_many(reply, "votes", messages.EncryptedVote)
             self.log(f"batch {batch.batch_id}: holders {missing} missing; owner issued {len(stand_ins)} stand-in "
                      f"encryption(s) of zero; τ_eff = τ − {len(missing)}/{c.holders}")
             votes += stand_ins
@@ -378,11 +388,18 @@ class Job:
                  "missing": missing, "tau_effective": ack.get("tau_effective"), "aggregate_s": aggregate_s,
                  "wall_s": time.perf_counter() - start}
         self.batches.append(entry)
+        self._receive_shell(server, content)  # shared pads: the next batch's shell
         st = ack["status"]
         self.log(f"batch {batch.batch_id} ({number}/{total}): {len(batch.query_ids)} queries, "
                  f"{len(answered)}/{c.holders} holders, aggregate {aggregate_s:.1f} s, batch {entry['wall_s']:.1f} s; "
                  f"owner: {st['labels_stored']} labels stored, ε = {st['epsilon']:.4g}")
         return {p.holder_id: p for p in records.get_many(content, "pads", messages.Pad)}
+
+    @staticmethod
+    def _receive_shell(server, content, replace: bool = False) -> None:
+        """Shared pads: hand the owner's pad shell in ``content`` (if any) to the server."""
+        if "shell" in content.config_records:
+            server.receive_shell(records.get(content, "shell", messages.PadShell), replace=replace)
 
     # -- report ----------------------------------------------------------------------
     def summary(self, status: str, reason: str | None) -> dict[str, Any]:

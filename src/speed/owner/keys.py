@@ -112,16 +112,38 @@ class OwnerKeys:
         """``pad_mode="shared"``: one fresh seeded encryption of zero of ``aggregate``'s class-sum
         input for ``batch_id``, split into the server's shell and one body share per holder
         (:mod:`speed.crypto.shared`; every share single use)."""
-        from concrete import fhe
-        from concrete.compiler import Value as RawValue
-
         if self.pad_mode != "shared":
             raise InputError(f"shared pads need pad_mode 'shared', this owner uses {self.pad_mode!r}")
         holder_ids = [int(h) for h in holder_ids]
         if sorted(holder_ids) != list(range(self.spec.num_holders)):
             raise InputError(f"a shared pad is split among all {self.spec.num_holders} holders, got {len(holder_ids)}")
-        zero = fhe.Value(self._aggregate_client.prepare_input(RawValue(self._zeros), 0)).serialize()
-        shell, shares = shared.split_pad(self.layout, zero, len(holder_ids))
+        shell, shares = shared.split_pad(self.layout, self._fresh_sum_pad(), len(holder_ids))
+        return self._shell_and_pads(batch_id, shell, holder_ids, shares)
+
+    def stand_in_shared_pads(self, batch_id: int, missing_ids: list[int],
+                             answered_sum: np.ndarray) -> tuple[messages.PadShell, list[messages.Pad]]:
+        """``pad_mode="shared"``, holders ``missing_ids`` did not answer ``batch_id``: a new shell
+        (a second fresh encryption of zero) and one stand-in share per missing slot, summing with
+        ``answered_sum`` (the answering holders' shares of the first pad) to its bodies
+        (:func:`speed.crypto.shared.stand_in_shares`; no missing holder's own share is revealed)."""
+        if self.pad_mode != "shared":
+            raise InputError(f"stand-in shares need pad_mode 'shared', this owner uses {self.pad_mode!r}")
+        missing_ids = [int(h) for h in missing_ids]
+        if not missing_ids or len(set(missing_ids)) != len(missing_ids) or not all(
+                0 <= h < self.spec.num_holders for h in missing_ids):
+            raise InputError(f"missing holders must be distinct ids in [0, {self.spec.num_holders}), got {missing_ids}")
+        shell, shares = shared.stand_in_shares(self.layout, self._fresh_sum_pad(), answered_sum, len(missing_ids))
+        return self._shell_and_pads(batch_id, shell, missing_ids, shares)
+
+    def _fresh_sum_pad(self) -> bytes:
+        """A fresh seeded encryption of zero of ``aggregate``'s class-sum input (concrete's encryption)."""
+        from concrete import fhe
+        from concrete.compiler import Value as RawValue
+
+        return fhe.Value(self._aggregate_client.prepare_input(RawValue(self._zeros), 0)).serialize()
+
+    def _shell_and_pads(self, batch_id: int, shell: bytes, holder_ids: list[int],
+                        shares: list[np.ndarray]) -> tuple[messages.PadShell, list[messages.Pad]]:
         pads = [
             messages.Pad(pad_id=secrets.token_hex(12), keyset_id=self.keyset_id, holder_id=h, batch_id=batch_id,
                          data=share.tobytes())

@@ -106,8 +106,11 @@ class AggregationServer:
         self.used_pad_ids: set[str] = set()
         self.batches_done = 0
 
-    def receive_shell(self, shell: messages.PadShell) -> None:
-        """``pad_mode="shared"``: the owner's shell of a batch's pad (single use)."""
+    def receive_shell(self, shell: messages.PadShell, replace: bool = False) -> None:
+        """``pad_mode="shared"``: the owner's shell of a batch's pad (single use).  ``replace``:
+        the owner's new shell for a batch whose holders did not all answer (it comes with stand-in
+        shares, :func:`speed.crypto.shared.stand_in_shares`); the batch's first shell is discarded
+        and never accepted again."""
         if self.pad_mode != "shared":
             raise InputError(f"pad shells belong to pad mode 'shared', this server runs {self.pad_mode!r}")
         if not isinstance(shell, messages.PadShell):
@@ -116,8 +119,13 @@ class AggregationServer:
             raise CiphertextError(f"pad shell {shell.shell_id} belongs to keyset {shell.keyset_id}, not {self.keyset_id}")
         if len(shell.data) != self._layout.size:
             raise CiphertextError(f"pad shell {shell.shell_id} has {len(shell.data)} bytes, expected {self._layout.size}")
-        if shell.shell_id in self.used_pad_ids or shell.batch_id in self._shells:
+        current = self._shells.get(shell.batch_id)
+        if shell.shell_id in self.used_pad_ids or (current is not None and (not replace or current.shell_id == shell.shell_id)):
             raise PadReuseError(f"pad shell {shell.shell_id} for batch {shell.batch_id} was already received or used: refused")
+        if replace and current is None:
+            raise InputError(f"batch {shell.batch_id}: no pad shell to replace")
+        if current is not None:
+            self.used_pad_ids.add(current.shell_id)
         self._shells[shell.batch_id] = shell
 
     def check_votes(self, batch: messages.QueryBatch, votes: list[messages.EncryptedVote],
