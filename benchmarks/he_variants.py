@@ -45,6 +45,11 @@ VARIANTS: dict[str, tuple[dict, dict, int | None]] = {
     "tournament-B10-any-glwe": ({"batch_size": 10, "glwe_dimensions": ()}, {}, None),
     "tournament-N1000-any-glwe": ({"glwe_dimensions": ()}, {}, 1000),
     "tournament-N20-any-glwe": ({"glwe_dimensions": ()}, {}, 20),
+    # shared pads' circuit (the class sums as input), ten queries per call: GLWE dimensions allowed
+    "shared-B10": ({"batch_size": 10, "aggregate_input": "sum"}, {}, None),
+    "shared-B10-glwe-1": ({"batch_size": 10, "aggregate_input": "sum", "glwe_dimensions": (1,)}, {}, None),
+    "shared-B10-glwe-2": ({"batch_size": 10, "aggregate_input": "sum", "glwe_dimensions": (2,)}, {}, None),
+    "shared-B10-glwe-1-3": ({"batch_size": 10, "aggregate_input": "sum", "glwe_dimensions": (1, 2, 3)}, {}, None),
 }
 
 
