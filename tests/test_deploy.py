@@ -4,9 +4,10 @@
   supervision, the CLI.
 * In-process federation (``FakeGrid``: the real ServerApp logic and the real ClientApp,
   messages passed by function call, real TFHE on a small circuit): labels equal
-  :func:`speed.protocol.label_queries`; the server never sees a pad; a silent holder is
-  replaced by a stand-in and the ledger records the reduced τ; a strict job stops and a
-  rerun resumes with the same labels as one uninterrupted run.
+  :func:`speed.protocol.label_queries`; the server never sees a pad (seeded pads) or a share
+  (shared pads, the default); a silent holder is replaced by a stand-in (with shared pads:
+  stand-in shares under a new shell) and the ledger records the reduced τ; a strict job stops
+  and a rerun resumes with the same labels as one uninterrupted run.
 * ``slow``: a real ``flower-superlink`` and ``flower-supernode`` processes on loopback with
   TLS and SuperNode authentication (``speed deploy local``); labels equal the in-process
   run, one variant SIGKILLs a holder mid-run; no process survives either.
