@@ -43,3 +43,35 @@ def test_bootstrap_key_bytes_streamed_known_answer():
         parameters(1024, 2, 594, 1): 90, parameters(2048, 1, 790, 2): 16}}
     assert bootstrap_key_bytes_streamed(statistics) == 90 * 594 * 9 * 1024 * 8 + 16 * 790 * 4 * 2 * 2048 * 8
     assert bootstrap_key_bytes_streamed({}) == 0
+
+
+def test_runs_summary_pools_runs_of_one_configuration(tmp_path):
+    """benchmarks/he_runs_summary.py: per-run medians, the median of all calls after each run's
+    first, other configurations and failed rows left out, a one-line error when nothing matches."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "he_runs_summary.py"
+
+    def row(holders, calls, status="ok"):
+        per_query = [c / 10 for c in calls]
+        return {"classes": 10, "holders": holders, "batch_size": 10, "pad_mode": "shared", "status": status,
+                "queries": 10 * len(calls), "exact": 10 * len(calls), "server_s_per_call": list(calls),
+                "queries_per_server_call": [10] * len(calls),
+                "median_server_s_per_query": sorted(per_query[1:])[len(per_query[1:]) // 2]}
+
+    runs = {"a.json": [row(250, [20.0, 14.0, 16.0, 15.0]), row(1000, [30.0, 25.0])],
+            "b.json": [row(250, [19.0, 13.0]), row(250, [1.0, 1.0], status="failed")]}
+    for name, rows in runs.items():
+        (tmp_path / name).write_text(json.dumps({"machine": {"date_utc": "2026-12-01T00:00:00Z"}, "rows": rows}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                           "--out-dir", str(out)], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(next(out.glob("he_runs_summary-*.json")).read_text())["summary"]
+    assert summary["runs"] == 2 and summary["calls_after_first"] == 4  # N = 1000 and the failed row left out
+    assert summary["median_of_calls_after_first"] == pytest.approx(1.45)  # of 1.4, 1.6, 1.5, 1.3
+    assert summary["median_of_run_medians"] == pytest.approx(1.4)  # of 1.5 and 1.3
+    assert summary["runs_at_or_below_target"] == 2  # 1.5 ≤ 1.5 counts
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "a.json"), "--holders", "7",
+                           "--out-dir", str(out)], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no completed row" in proc.stderr
