@@ -154,6 +154,17 @@ def run_fake(home, cache_dir, config, run_id, **kw):
     return summary, labels, grid, lines
 
 
+def holder_setups(grid) -> list:
+    """The ``query.setup`` contents the server sent to holders."""
+    return [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+
+
+def server_blobs(grid) -> list[bytes]:
+    """Every byte field of every message the server sent or received."""
+    return [bytes(a.data) for kind, node, mtype, content in grid.seen
+            for rec in content.array_records.values() for a in rec.values()]
+
+
 def ledger_records(home: Path, job_id: str) -> list[dict]:
     path = home / "owner" / "jobs" / job_id / "ledger.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -321,7 +332,7 @@ def test_fake_grid_labels_equal_in_process_and_server_never_sees_a_pad(fed_home,
     assert summary["owner"]["labels_stored"] == Q and summary["owner"]["tau_effective_values"] == [1.0]
     # seeded pads: holders get the bundle, never the evaluation keys (the server and the owner's
     # stand-ins still have them)
-    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    to_holders = holder_setups(grid)
     assert len(to_holders) == N and not any("keys" in c.config_records for c in to_holders)
     assert all(summary["bytes"][f"holder-{i}"]["bytes_sent_to"] < 2**20 for i in range(N))
     # every byte the server handled: no pad in clear.  A seeded vote keeps its pad's 16-byte
@@ -352,7 +363,7 @@ def test_fake_grid_encode_mode_ships_keys_to_holders_with_same_labels(fed_home, 
     summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=16)
     assert summary["status"] == "completed", summary["reason"]
     assert summary["pad_mode"] == "encode" and labels == reference
-    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    to_holders = holder_setups(grid)
     assert len(to_holders) == N and all("keys" in c.config_records for c in to_holders)
     keys = records.get(to_holders[0], "keys", messages.EvaluationKeys)
     assert all(summary["bytes"][f"holder-{i}"]["bytes_sent_to"] > len(keys.data) for i in range(N))
@@ -369,7 +380,7 @@ def test_fake_grid_shared_pads_same_labels_eight_bytes_and_no_share_in_clear(fed
     summary, labels, grid, _ = run_fake(fed_home, cache_dir, config, run_id=18)
     assert summary["status"] == "completed", summary["reason"]
     assert summary["pad_mode"] == "shared" and labels == reference
-    to_holders = [c for kind, n, t, c in grid.seen if kind == "to" and t == "query.setup" and "setup" in c.config_records]
+    to_holders = holder_setups(grid)
     assert len(to_holders) == N and not any("keys" in c.config_records for c in to_holders)
     votes = [records.get(c, "vote", messages.EncryptedVote) for kind, n, t, c in grid.seen
              if kind == "from" and t == "query.vote"]
@@ -378,8 +389,7 @@ def test_fake_grid_shared_pads_same_labels_eight_bytes_and_no_share_in_clear(fed
               if kind == "from" and "shell" in c.config_records]
     assert sorted(s.batch_id for s in shells) == list(range(Q // B))  # one shell per batch, from the owner
     # no share in clear at the server: each reached it sealed, and only its holder's vote carries it
-    blobs = [bytes(a.data) for kind, node, mtype, content in grid.seen
-             for rec in content.array_records.values() for a in rec.values()]
+    blobs = server_blobs(grid)
     sealed = [records.get(c, "pad", messages.Pad) for kind, n, t, c in grid.seen if kind == "to" and t == "query.vote"]
     assert len(sealed) == len(votes)
     bundle = next(records.get(c, "bundle", messages.CircuitBundle) for kind, n, t, c in grid.seen
@@ -448,8 +458,7 @@ def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_d
     assert len(fillers) == Q // B
     assert any("stand-in" in line for line in lines)
     if pad_mode == "shared":  # holder 2 got its shares (sealed); the owner never revealed them to the server
-        blobs = [bytes(a.data) for kind, node, mtype, content in grid.seen
-                 for rec in content.array_records.values() for a in rec.values()]
+        blobs = server_blobs(grid)
         shares = [open_pad(records.get(c, "pad", messages.Pad), HolderPadKey(fed_home / "holder-2").private_key())
                   for kind, n, t, c in grid.seen if kind == "to" and t == "query.vote" and n == 103]
         assert len(shares) == 1 and not any(p.data in blob for p in shares for blob in blobs)  # batch 0 only
