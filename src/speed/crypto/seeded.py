@@ -29,9 +29,9 @@ import numpy as np
 
 from speed.errors import CiphertextError, InputError
 
-#: How holders encrypt (``CircuitBundle.pad_mode``): "seeded" (one seeded pad per holder; the Flower
-#: deployment's default), "encode", "shared" (:mod:`speed.crypto.shared`; the default of a circuit
-#: with ``aggregate_input="sum"``: demo, bench, reproduce).  Keyless modes' holders never get evaluation keys.
+#: How holders encrypt (``CircuitBundle.pad_mode``): "seeded" (one seeded pad per holder), "encode",
+#: "shared" (:mod:`speed.crypto.shared`; the default of a circuit with ``aggregate_input="sum"``, and
+#: of demo, bench, reproduce and deploy).  Keyless modes' holders never get evaluation keys.
 PAD_MODES = ("seeded", "encode", "shared")
 KEYLESS_PAD_MODES = ("seeded", "shared")
 

@@ -54,9 +54,14 @@ def split_pad(layout: SeededLayout, pad: bytes, num_shares: int) -> tuple[bytes,
     bodies = layout.bodies(pad)
     random = np.frombuffer(secrets.token_bytes(SHARE_DTYPE.itemsize * layout.count * (num_shares - 1)),
                            dtype=SHARE_DTYPE).reshape(num_shares - 1, layout.count)
-    last = bodies - np.add.reduce(random, axis=0, dtype=SHARE_DTYPE)  # uint64 arithmetic wraps mod 2^64
+    last = bodies - sum_shares(random)  # uint64 arithmetic wraps mod 2^64
     shares = [row.copy() for row in random] + [last]
     return layout.with_bodies(pad, np.zeros(layout.count, dtype=SHARE_DTYPE)), shares
+
+
+def sum_shares(shares) -> np.ndarray:
+    """Σ shares (mod 2^64), per value: rows of uint64 words (shares, messages or bodies)."""
+    return np.add.reduce(np.asarray(shares, dtype=SHARE_DTYPE), axis=0, dtype=SHARE_DTYPE)
 
 
 def stand_in_shares(layout: SeededLayout, fresh_pad: bytes, answered_sum: np.ndarray,
@@ -90,5 +95,4 @@ def add_votes(layout: SeededLayout, share: np.ndarray, values: np.ndarray) -> by
 
 def combine(layout: SeededLayout, shell: bytes, messages: list[np.ndarray]) -> bytes:
     """The seeded encryption of the class sums: the shell with bodies Σ m_i (mod 2^64)."""
-    total = np.add.reduce(np.stack(messages), axis=0, dtype=SHARE_DTYPE)
-    return layout.with_bodies(shell, total)
+    return layout.with_bodies(shell, sum_shares(messages))

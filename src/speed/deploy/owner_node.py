@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from speed import messages
+from speed.crypto import shared
 from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import PinnedHolderKeys, seal_pad
 from speed.deploy.task import num_classes, owner_query_ids
@@ -262,7 +263,7 @@ class OwnerNode:
             with np.load(path) as kept:
                 shares = kept["shares"]
             answered = [h for h in range(self.spec.num_holders) if h not in missing]
-            answered_sum = np.add.reduce(shares[answered], axis=0, dtype=np.uint64)
+            answered_sum = shared.sum_shares(shares[answered])
             shell, stand_in_pads = owner.keys.stand_in_shared_pads(batch.batch_id, missing, answered_sum)
         else:
             stand_in_pads = [owner.issue_pads(batch.batch_id, [h])[0] for h in missing]
