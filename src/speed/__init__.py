@@ -9,3 +9,8 @@ PrivatE, and Efficient Deep learning", Machine Learning 110 (2021).
 """
 
 __version__ = "0.1.0"
+
+# concrete-python's atexit hook would turn every exit status into 0 once a circuit ran.
+from speed.exitstatus import install as _install_exit_status_guard  # noqa: E402
+
+_install_exit_status_guard()
