@@ -1,4 +1,5 @@
 # Everything a fresh machine needs: `make demo` (main job) and `make test` (test suite).
+SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,8 +23,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/speed demo
 
+# pytest's status, and then its closing counts: a zero status with failures or no test is not a pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@mkdir -p .artifacts
+	set -o pipefail; $(BIN)/python -m pytest -q 2>&1 | tee .artifacts/pytest.log
+	@tail -n 3 .artifacts/pytest.log | grep -Eq '[0-9]+ passed' || { echo "error: pytest reported no passing test"; exit 1; }
+	@! tail -n 3 .artifacts/pytest.log | grep -Eq '[0-9]+ (failed|errors?)\b' || { echo "error: pytest reported failures"; exit 1; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
