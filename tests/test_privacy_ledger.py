@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
+from speed.journal import JournalRepairWarning
 from speed.privacy import PrivacyAccountant, PrivacyLedger, epsilon, per_query_epsilon
 
 
@@ -44,8 +45,11 @@ def test_records_reopen_and_running_epsilon(tmp_path):
     assert len(lines) == 30
     rec = json.loads(lines[0])
     for key in ("run_id", "query_id", "gamma", "tau", "num_holders", "mechanism", "resolution",
-                "failure_probability", "time", "crc"):
+                "failure_probability", "time", "seq", "prev", "sha"):
         assert key in rec
+    assert rec["seq"] == 0 and json.loads(lines[1])["prev"] == rec["sha"]
+    head = json.loads(path.with_name("ledger.jsonl.head").read_text())
+    assert head["count"] == 30 and head["last"] == json.loads(lines[-1])["sha"]
 
 
 def test_resume_skips_answered_queries(tmp_path):
@@ -112,7 +116,8 @@ def test_kill_minus_nine_keeps_every_acknowledged_record(tmp_path):
     # simulate a write torn by the kill: a fragment of a record without its newline
     with open(path, "ab") as f:
         f.write(b'{"crc":123,"gamma":3.3,"query_id":99')
-    with PrivacyLedger(path, run_id="crash", gamma=3.3, tau=0.7) as led:
+    with pytest.warns(JournalRepairWarning, match="repaired: .*torn write"), \
+            PrivacyLedger(path, run_id="crash", gamma=3.3, tau=0.7) as led:
         ids = led.answered_query_ids()
         assert set(acked) <= ids  # every released label was charged
         assert ids == set(range(len(ids)))  # and nothing else (no holes)

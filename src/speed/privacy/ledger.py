@@ -4,13 +4,18 @@ One JSON line per answered query, appended and ``fsync``-ed BEFORE the caller re
 label (call :meth:`PrivacyLedger.record`, and only when it returns, release).  A query that
 was recorded but whose label was never released is over-counted, never under-counted.
 
-File format (``.jsonl``): each line is a JSON object with sorted keys and a ``crc``
-(CRC-32 of the same object without ``crc``).  A record exists once its terminating newline
-is on disk.  On opening, a trailing fragment without newline (a write torn by ``kill -9``
-or a crash) is dropped and the file truncated back to the last complete record — that
-query was never acknowledged, so its label was never released.  Any other unreadable line
-is corruption and opening fails loudly (a silently shorter ledger would under-state ε).
-An exclusive ``flock`` keeps two owners from appending to the same ledger.
+Persistence (:mod:`speed.journal`, kept apart from the accounting below): the ledger is a
+tamper-evident journal — one JSON line per record with ``seq``, ``prev`` (SHA-256 of the
+previous record) and ``sha`` (SHA-256 of this one), plus a head file ``<ledger>.head``
+(record count, last hash, size) replaced atomically after every append.  A record is
+acknowledged once the journal's append returns.  Opening verifies every line, the chain and
+the head, and refuses a ledger that lost, cut off, reordered or edited records with one
+:class:`SpeedError` line (a silently shorter ledger would under-state ε).  Repairs are
+reported with a :class:`speed.journal.JournalRepairWarning` (``repaired: ...``): a complete,
+checksum-valid last record without its newline is kept; a torn fragment that the head never
+counted (never acknowledged, so its label was never released) is truncated.  Legacy
+(version 1, CRC-32 per line) ledgers are verified with their CRCs and upgraded once, loudly,
+on a writable open.  An exclusive ``flock`` keeps two owners from appending to the same ledger.
 
 The running ε is the data-independent moments-accountant bound (publishable): in a
 deployment nobody sees vote counts.  Where counts are passed (clear-text simulation and
@@ -26,7 +31,6 @@ with probability ≤ B; docs/privacy.md).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import math
@@ -40,12 +44,12 @@ from typing import Any
 import numpy as np
 
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
-from speed.fsutil import fsync_dir
+from speed.journal import Journal
 from speed.privacy import accountant as _acc
 
 __all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
 
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2  # 1: CRC-32 per line; 2: records of a speed.journal
 _NOT_PUBLISHABLE = (
     "data-dependent ε uses the private vote counts: not publishable without "
     "smooth-sensitivity sanitisation (Papernot et al., PATE 2018)"
@@ -223,6 +227,24 @@ def _crc(obj: dict[str, Any]) -> int:
     return zlib.crc32(body.encode("ascii"))
 
 
+def _legacy_v1_line(path: Path) -> Any:
+    """Parser of version-1 ledger lines (JSON + CRC-32), for the journal's one-time upgrade."""
+
+    def parse(raw: bytes, lineno: int) -> dict[str, Any] | None:
+        if not raw.strip():
+            return None
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            crc = rec.pop("crc")
+        except (ValueError, KeyError, AttributeError, TypeError, UnicodeDecodeError):
+            raise SpeedError(f"privacy ledger {path} is corrupted at line {lineno}") from None
+        if _crc(rec) != crc:
+            raise SpeedError(f"privacy ledger {path}: checksum mismatch at line {lineno}")
+        return rec
+
+    return parse
+
+
 class PrivacyLedger:
     """Append-only, fsync-ed JSON-lines ledger of answered queries, with a budget guard.
 
@@ -262,54 +284,31 @@ class PrivacyLedger:
         self.records: list[dict[str, Any]] = []
         self.repaired_bytes = 0
         self._fd: int | None = None
+        self._journal: Journal | None = None
         self._seen: set[tuple[str, str]] = set()
         self._open()
 
-    # -- opening, loading, repairing
+    # -- persistence (speed.journal): opening, verifying, repairing
     def _open(self) -> None:
-        if self.read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"privacy ledger {self.path} does not exist")
-            self._load(self.path.read_bytes(), repair=False)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._journal = Journal(
+            self.path, what="privacy ledger", read_only=self.read_only, lock=not self.read_only,
+            legacy=_legacy_v1_line(self.path), consequence="refusing to under-state ε",
+        )
+        self._fd = None if self.read_only else self._journal._fd
+        self.repaired_bytes = self._journal.repaired_bytes
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SpeedError(f"privacy ledger {self.path} is in use by another process") from None
-        self._fd = fd
-        if created:
-            fsync_dir(self.path.parent)
-        try:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, size, 0) if size else b""
-            self._load(data, repair=True)
+            self._load(self._journal.records)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, data: bytes, *, repair: bool) -> None:
-        end = data.rfind(b"\n") + 1  # 0 when there is no complete line
-        if end < len(data):
-            self.repaired_bytes = len(data) - end
-            if repair:
-                assert self._fd is not None
-                os.ftruncate(self._fd, end)
-                os.fsync(self._fd)
-        for lineno, raw in enumerate(data[:end].splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-                crc = rec.pop("crc")
-            except (ValueError, KeyError, AttributeError, UnicodeDecodeError):
-                raise SpeedError(f"privacy ledger {self.path} is corrupted at line {lineno}") from None
-            if _crc(rec) != crc:
-                raise SpeedError(f"privacy ledger {self.path}: checksum mismatch at line {lineno}")
-            self._apply(rec)
+    def _load(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            self._apply(dict(rec))
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        """Durable (fsync) and acknowledged (journal head updated) when this returns."""
+        self._journal.append(rec)
 
     def _apply(self, rec: dict[str, Any]) -> None:
         self.accountant.step(
@@ -446,17 +445,11 @@ class PrivacyLedger:
             arr = _acc.check_counts(counts, allow_2d=False)[0]
             rec["counts"] = [int(c) if float(c).is_integer() else float(c) for c in arr]
             rec["simulation"] = True
-        line = dict(rec)
-        line["crc"] = _crc(rec)
-        data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
         # validate against the accountant first (cannot fail after the write)
         probe = PrivacyAccountant(self.accountant.moments)
         probe.step(gamma=rec["gamma"], tau=rec["tau_effective"], mechanism=rec["mechanism"],
                    resolution=rec["resolution"], counts=rec.get("counts"), failure_probability=fp)
-        written = 0
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        self._write(rec)
         self._apply(rec)
         return rec
 
@@ -481,12 +474,9 @@ class PrivacyLedger:
 
     # -- lifetime
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        self._fd = None
+        if self._journal is not None:
+            self._journal.close()  # releases the flock
 
     def __enter__(self) -> "PrivacyLedger":
         return self
