@@ -91,7 +91,11 @@ def head_path(path: str | os.PathLike) -> Path:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, JournalRepairWarning, stacklevel=4)
+    """Warn at the first caller outside this module (the client that opened the journal)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, JournalRepairWarning, stacklevel=level)
 
 
 class Journal:

@@ -574,6 +574,12 @@ def _encrypted_labelling(cfg: ReproduceConfig, spec, splits, teachers, positions
     beta = failure_probability_per_query(spec, scale)
     store = LabelStore(state_dir / "labels.jsonl", key, {"spec": spec.to_dict(), "state_key": key})
     ledger_path = state_dir / "ledger.jsonl"
+    if store.label_of:  # resuming: every stored label must have its charge in the ledger
+        if not ledger_path.exists():
+            raise SpeedError(f"labelling store {store.path} holds {len(store.label_of)} labels but privacy ledger "
+                             f"{ledger_path} does not exist: a released label must be charged; refusing to resume")
+        with PrivacyLedger(ledger_path, read_only=True, run_id=key) as led:
+            store.charged_check(led.answered_query_ids(), ledger_path)
     counts_of = {int(p): clear_counts[i] for i, p in enumerate(positions)}
     todo = [int(p) for p in positions if int(p) not in store]
     info: dict[str, Any] = {

@@ -9,6 +9,9 @@
   non-private baseline, each student), rewritten atomically after every stage.
 
 Both files carry a header with the run's key; opening a file written for another key fails.
+The label store is a :class:`speed.journal.Journal` (SHA-256 checksum and hash chain per
+line, head file ``labels.jsonl.head``): an edited, deleted or reordered batch is refused,
+not used.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 
 from speed.errors import SpeedError
 from speed.fsutil import fsync_dir
+from speed.journal import Journal
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 1: plain JSON lines; 2: records of a speed.journal
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -41,11 +45,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 class LabelStore:
     """Append-only JSON-lines file of labelled batches (labels, clear reference, timings).
 
-    Line 1 is a header ``{"header": true, "key": ..., "settings": ...}``; every other line
+    Record 0 is a header ``{"header": true, "key": ..., "settings": ...}``; every other record
     is one batch ``{"batch": b, "positions": [...], "labels": [...], "clear_noisy_argmax":
     [...], "clear_noisy_sums": [[...]], "seconds": {...}, "bytes": {...}, "utc": ...}``.
-    A trailing line without its newline (a write torn by a kill) is dropped and the file
-    truncated; any other unreadable line is an error.
+    Records are lines of a :class:`speed.journal.Journal`: checksum, ``seq`` and hash chain
+    per line plus a head file, so an edited label, a deleted batch or a cut end is refused
+    with one line.  A torn last write that the head never counted is truncated (with a
+    warning); a legacy (version 1, unchecked) store is upgraded once with a warning.
     """
 
     def __init__(self, path: str | os.PathLike, key: str, settings: dict[str, Any]) -> None:
@@ -53,36 +59,61 @@ class LabelStore:
         self.key = key
         self.batches: list[dict[str, Any]] = []
         self.label_of: dict[int, int] = {}
-        self.repaired_bytes = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            header = {"header": True, "version": STORE_VERSION, "key": key, "settings": settings}
-            atomic_write_text(self.path, json.dumps(header, sort_keys=True) + "\n")
-        self._load()
+        self._journal = Journal(self.path, what="labelling store", legacy=self._legacy_line,
+                                consequence="refusing to use its labels")
+        self.repaired_bytes = self._journal.repaired_bytes
+        if not self._journal.records:
+            self._journal.append({"header": True, "version": STORE_VERSION, "key": key, "settings": settings})
+        try:
+            self._load(self._journal.records)
+        except BaseException:
+            self.close()
+            raise
 
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            self.repaired_bytes = len(data) - end
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        lines = data[:end].splitlines()
-        for lineno, raw in enumerate(lines, start=1):
+    def _legacy_line(self, raw: bytes, lineno: int) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SpeedError(f"labelling store {self.path} is corrupted at line {lineno}") from None
+        if not isinstance(rec, dict):
+            raise SpeedError(f"labelling store {self.path} is corrupted at line {lineno}")
+        return rec
+
+    def _load(self, records: list[dict[str, Any]]) -> None:
+        header = records[0]
+        if not header.get("header") or header.get("key") != self.key:
+            raise SpeedError(
+                f"labelling store {self.path} belongs to another run (key {header.get('key')!r}, "
+                f"expected {self.key!r}); remove it (and its .head) or use another --cache-dir"
+            )
+        for lineno, rec in enumerate(records[1:], start=2):
             try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise SpeedError(f"labelling store {self.path} is corrupted at line {lineno}") from None
-            if lineno == 1:
-                if not rec.get("header") or rec.get("key") != self.key:
-                    raise SpeedError(
-                        f"labelling store {self.path} belongs to another run (key {rec.get('key')!r}, "
-                        f"expected {self.key!r}); remove it or use another --cache-dir"
-                    )
+                self._apply(rec)
+            except (KeyError, TypeError, ValueError):
+                raise SpeedError(f"labelling store {self.path}: record {lineno} is not a batch") from None
+
+    def close(self) -> None:
+        self._journal.close()
+
+    def charged_check(self, charged_query_ids: set[Any], ledger_path: Any) -> None:
+        """Refuse (one line) if a stored label has no charge in the ledger.
+
+        A position ``p`` is charged by query id ``p`` or ``"p/retryK"`` (a run killed after the
+        charge but before the store re-charges the query under a retry id)."""
+        charged: set[int] = set()
+        for q in charged_query_ids:
+            base = str(q).split("/retry", 1)[0]
+            try:
+                charged.add(int(base))
+            except ValueError:
                 continue
-            self._apply(rec)
+        missing = sorted(p for p in self.label_of if p not in charged)
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:5]) + (", …" if len(missing) > 5 else "")
+            raise SpeedError(
+                f"labelling store {self.path} holds {len(missing)} labels with no charge in privacy ledger "
+                f"{ledger_path} (positions {shown}): a released label must be charged; refusing to resume"
+            )
 
     def _apply(self, rec: dict[str, Any]) -> None:
         self.batches.append(rec)
@@ -109,11 +140,7 @@ class LabelStore:
             "bytes": {k: float(v) for k, v in sizes.items()},
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        line = (json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n").encode()
-        with open(self.path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        self._journal.append(rec)
         self._apply(rec)
 
     def lookup(self, positions: np.ndarray) -> dict[str, np.ndarray]:
