@@ -6,6 +6,9 @@ accountant (continuous and lattice mechanisms) and the owner's durable privacy l
 * :mod:`speed.privacy.lattice` — rigorous accountant for the lattice noise of the encrypted
   pipeline, and the noise bound / overflow probability for the circuit's range.
 * :mod:`speed.privacy.ledger` — append-only fsync-ed ledger and budget guard.
+* :mod:`speed.privacy.mechanisms` — Skellam / lattice / Gamma mechanisms as typed objects.
+* :mod:`speed.privacy.pld` — publishable ε by privacy loss distributions (dp_accounting).
+* :mod:`speed.privacy.calibrate` — smallest noise for a target ε.
 
 See docs/privacy.md for the formulas, their sources and which ε may be published.
 """
@@ -32,21 +35,36 @@ from speed.privacy.lattice import (
     noise_bound_for,
 )
 from speed.privacy.ledger import PrivacyAccountant, PrivacyLedger
+from speed.privacy.mechanisms import (
+    GammaLaplace,
+    LatticeLaplace,
+    Mechanism,
+    Skellam,
+    mechanism_from_dict,
+    mechanism_from_name,
+)
 from speed.privacy.noise import (
     holder_generators,
     lattice_success_probability,
     os_uniform,
     sample_lattice_shares,
     sample_shares,
+    sample_skellam_shares,
 )
+from speed.privacy.pld import epsilon_for_queries, publishable_epsilon, rdp_epsilon
 
 __all__ = [
     "DEFAULT_MOMENTS",
+    "GammaLaplace",
+    "LatticeLaplace",
+    "Mechanism",
     "PrivacyAccountant",
     "PrivacyLedger",
+    "Skellam",
     "continuous_argmax_epsilon",
     "continuous_q",
     "epsilon",
+    "epsilon_for_queries",
     "holder_generators",
     "lattice_epsilon",
     "lattice_log_pmf",
@@ -54,15 +72,20 @@ __all__ = [
     "lattice_q_bound",
     "lattice_success_probability",
     "lattice_tail_probability",
+    "mechanism_from_dict",
+    "mechanism_from_name",
     "moments_accountant",
     "moments_alpha",
     "noise_bound_for",
     "os_uniform",
     "per_query_epsilon",
     "per_query_epsilon_parts",
+    "publishable_epsilon",
     "q_bound",
+    "rdp_epsilon",
     "sample_lattice_shares",
     "sample_shares",
+    "sample_skellam_shares",
     "vg_cdf",
     "vg_pdf",
 ]

@@ -1,6 +1,6 @@
 """Distributed differential-privacy noise shares (SPEC §3 and §3b).
 
-Two families of shares, both summing *exactly* over the N holders:
+Three families of shares, all summing *exactly* over the N holders:
 
 * Continuous (the paper's): η = G − G', G, G' i.i.d. Gamma(shape 1/N, scale λ).
   Gamma shapes add with a common scale, so Σ_{i=1..N} η_i ~ Laplace(0, λ).
@@ -11,10 +11,16 @@ Two families of shares, both summing *exactly* over the N holders:
   probability p, so P(k) ∝ (1 − p)^k = e^{−k/(λP)}).  Negative binomials with a
   common p add their r, so the N shares sum to Geometric − Geometric, the discrete
   Laplace law P(z) ∝ e^{−|z|/(λP)}.
+* Distributed Skellam (Agarwal, Kairouz & Liu, "The Skellam Mechanism for
+  Differentially Private Federated Learning", NeurIPS 2021): η = X − Y, X, Y i.i.d.
+  Poisson(σ²/(2N)) integers.  Poisson means add, so the N shares of one class sum to a
+  Skellam law of variance σ², and any τN of them to a Skellam of variance τσ²
+  (:func:`sample_skellam_shares`, docs/privacy.md "Publishable ε").
 
 Randomness: ``rng=None`` is production mode: randomness comes from the operating
 system's CSPRNG (``os.urandom``) and is turned into samples by inversion with scipy's
-quantile functions.  The inversion is *two-sided*: a fair bit picks the lower or upper
+quantile functions (Poisson: tables of scipy's regularised incomplete gamma
+``pdtr``/``pdtrc``, relative-accurate in both tails, :func:`os_poisson`).  The inversion is *two-sided*: a fair bit picks the lower or upper
 half and ``V`` uniform on (0, 1/2] is drawn with full floating-point relative precision
 (random exponent + 52-bit mantissa, :func:`os_half_uniform`), then the sample is
 ``ppf(V)`` or ``isf(V)``.  Every value, however far in a tail, is thus drawn with
@@ -35,18 +41,21 @@ owner's ledger folds into δ (docs/privacy.md).
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 __all__ = [
     "holder_generators",
     "lattice_success_probability",
     "os_half_uniform",
+    "os_poisson",
     "os_uniform",
     "sample_lattice_shares",
     "sample_shares",
+    "sample_skellam_shares",
 ]
 
 
@@ -57,6 +66,12 @@ def _check_common(num_holders: int, num_classes: int, scale: float) -> None:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"noise scale λ must be a positive finite number, got {scale!r}")
+
+
+def _check_rows(rows) -> int:
+    if isinstance(rows, bool) or int(rows) != rows or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    return int(rows)
 
 
 def _shape_of(size: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
@@ -121,13 +136,16 @@ def sample_shares(
     num_classes: int,
     scale: float,
     rng: np.random.Generator | None = None,
+    rows: int | None = None,
 ) -> np.ndarray:
     """Continuous shares, shape (num_holders, num_classes): Gamma(1/N, λ) − Gamma(1/N, λ).
 
     Σ over holders ~ Laplace(0, λ) per class (SPEC §3).  ``rng=None`` draws from the OS CSPRNG.
+    ``rows`` (default num_holders) draws that many holders' shares, e.g. ``rows=1`` for
+    one holder's own share.
     """
     _check_common(num_holders, num_classes, scale)
-    shape = (num_holders, num_classes)
+    shape = (num_holders if rows is None else _check_rows(rows), num_classes)
     a = 1.0 / num_holders
     if rng is None:
         dist = stats.gamma(a, scale=scale)
@@ -177,3 +195,98 @@ def sample_lattice_shares(
         x = rng.negative_binomial(r, success, size=shape)
         y = rng.negative_binomial(r, success, size=shape)
     return (np.asarray(x, dtype=np.int64) - np.asarray(y, dtype=np.int64))
+
+
+# ------------------------------------------------------------------ Skellam shares
+_POISSON_MAX_MEAN = 1e6  # per-holder means are a few units; refuse absurd tables
+
+
+def _poisson_tables(mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """CDF(k) = Pr[X ≤ k] and SF(k) = Pr[X > k] for k = 0..n−1, SF(n−1) = 0 in float64.
+
+    scipy's ``pdtr``/``pdtrc`` (regularised incomplete gamma) are accurate to ~1e−15
+    *relative* error in both tails, down to the smallest subnormal.
+    """
+    n = int(mu + 40.0 * math.sqrt(mu + 1.0) + 800.0)
+    while True:
+        k = np.arange(n, dtype=np.float64)
+        sf = special.pdtrc(k, mu)
+        if sf[-1] == 0.0:
+            break
+        n *= 2  # pragma: no cover (the first table always reaches the underflow)
+    cdf = np.maximum.accumulate(special.pdtr(k, mu))
+    sf = np.minimum.accumulate(sf)
+    return cdf, sf
+
+
+def os_poisson(mu: float, size: int | tuple[int, ...]) -> np.ndarray:
+    """Poisson(mu) integers from the OS CSPRNG by exact two-sided inversion of the CDF.
+
+    A fair bit picks the half; V uniform on (0, 1/2] with full relative precision
+    (:func:`os_half_uniform`); the sample is the smallest k with CDF(k) ≥ V (lower half)
+    or with Pr[X > k] ≤ V (upper half).  This equals ``ppf(U)`` for U uniform on (0, 1),
+    but both tails keep their exact probabilities down to ~1e−308 (scipy's generic
+    ``poisson.isf`` would compute ``ppf(1 − V)`` and cut the upper tail at ~1e−16).
+    """
+    mu = float(mu)
+    if not (math.isfinite(mu) and 0.0 < mu <= _POISSON_MAX_MEAN):
+        raise ValueError(f"Poisson mean must lie in (0, {_POISSON_MAX_MEAN:g}], got {mu!r}")
+    shape, count = _shape_of(size)
+    cdf, sf = _poisson_tables(mu)
+    v = os_half_uniform(count)
+    upper = _os_bits(count)
+    low = np.searchsorted(cdf, v, side="left")
+    # SF is non-increasing: the entries ≤ V are the last `c` ones, the smallest such k is n − c
+    high = sf.size - np.searchsorted(sf[::-1], v, side="right")
+    return np.where(upper, high, low).astype(np.int64).reshape(shape)
+
+
+def _check_sigma(sigma) -> float:
+    from speed.errors import InputError
+
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise InputError(f"Skellam noise σ must be a positive number, got {sigma!r}") from None
+    if isinstance(sigma, bool) or not (math.isfinite(s) and s > 0):
+        raise InputError(f"Skellam noise σ must be a positive finite number, got {sigma!r}")
+    return s
+
+
+def sample_skellam_shares(
+    num_holders: int,
+    num_classes: int,
+    sigma: float,
+    rng: np.random.Generator | list[np.random.Generator] | None = None,
+    rows: int | None = None,
+) -> np.ndarray:
+    """Distributed Skellam shares, int64 array of shape (rows, num_classes).
+
+    Holder i adds to each class X − Y with X, Y i.i.d. Poisson(σ²/(2N)), N =
+    ``num_holders`` (Agarwal, Kairouz & Liu, NeurIPS 2021).  The N shares of a class sum
+    to Skellam(σ²/2, σ²/2) (variance σ²); any τN of them to a Skellam of variance τσ².
+
+    ``rows`` defaults to num_holders (``rows=1``: one holder's own share).  ``rng``:
+
+    * ``None`` — production mode: OS CSPRNG, exact inversion (:func:`os_poisson`);
+    * a ``numpy.random.Generator`` — seeded experiment mode (NOT for production);
+    * a list of generators (:func:`holder_generators`), one per row — seeded mode with an
+      independent stream per holder; its length must equal ``rows``.
+    """
+    _check_common(num_holders, num_classes, 1.0)
+    s = _check_sigma(sigma)
+    n_rows = num_holders if rows is None else _check_rows(rows)
+    mu = s * s / (2.0 * num_holders)
+    shape = (n_rows, int(num_classes))
+    if rng is None:
+        x = os_poisson(mu, shape)
+        y = os_poisson(mu, shape)
+    elif isinstance(rng, (list, tuple)):
+        if len(rng) != n_rows:
+            raise ValueError(f"got {len(rng)} generators for {n_rows} rows of shares (one per holder)")
+        pair = np.stack([g.poisson(mu, size=(2, shape[1])) for g in rng])  # (rows, 2, K)
+        x, y = pair[:, 0, :], pair[:, 1, :]
+    else:
+        x = rng.poisson(mu, size=shape)
+        y = rng.poisson(mu, size=shape)
+    return np.asarray(x, dtype=np.int64) - np.asarray(y, dtype=np.int64)
