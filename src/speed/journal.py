@@ -137,12 +137,13 @@ class Journal:
         return SpeedError(f"{self.what} {self.path}: {detail}")
 
     def _open(self, lock: bool) -> None:
+        if not self.path.exists():
+            head = self._read_head()
+            if head is not None and head["count"] > 0:
+                raise self._fail(f"the file is missing but {self.head_file.name} records {head['count']} "
+                                 f"entries: the journal was deleted; {self.consequence}")
         if self.read_only:
             if not self.path.exists():
-                head = self._read_head()
-                if head is not None and head["count"] > 0:
-                    raise self._fail(f"the file is missing but {self.head_file.name} records {head['count']} "
-                                     f"entries: the journal was deleted; {self.consequence}")
                 raise JournalMissingError(f"{self.what} {self.path} does not exist")
             try:
                 data = self.path.read_bytes()
@@ -275,7 +276,7 @@ class Journal:
                                  f"{size}; {self.consequence}")
         # --- accepted: repair (writable) or report (read-only)
         self.records, self._hashes, self._size = payloads, hashes, end
-        ro = " (not repaired: opened read-only)" if self.read_only else ""
+        ro = "; not repaired (opened read-only)" if self.read_only else ""
         if tail_record is not None:
             obj, sha = tail_record
             if not self.read_only:
@@ -285,18 +286,20 @@ class Journal:
             self.records.append({k: v for k, v in obj.items() if k not in RESERVED})
             self._hashes.append(sha)
             self._report(f"{self.what} {self.path}: kept record seq {obj['seq']}, complete and checksum-valid "
-                         f"but missing its final newline; newline added{ro}")
+                         f"but missing its final newline" + (ro or "; newline added"))
         elif tail:
             self.repaired_bytes = len(tail)
             if not self.read_only:
                 assert self._fd is not None
                 os.ftruncate(self._fd, end)
                 os.fsync(self._fd)
-            self._report(f"{self.what} {self.path}: dropped {len(tail)} bytes of a torn write after record "
-                         f"{n_complete} (never acknowledged: the head counts {count} records){ro}")
+            self._report(f"{self.what} {self.path}: " + ("ignoring" if self.read_only else "dropped")
+                         + f" {len(tail)} bytes of a torn write after record {n_complete} (never acknowledged: "
+                         f"the head counts {count} records){ro}")
         if head is not None and count < len(self.records):
             self._report(f"{self.what} {self.path}: head counted {count} records, file holds "
-                         f"{len(self.records)} (a crash between an append and its head update); head updated{ro}")
+                         f"{len(self.records)} (a crash between an append and its head update)"
+                         + (ro or "; head updated"))
         elif head is None and self.records:
             self._report(f"{self.what} {self.path}: resealed: head file written for {len(self.records)} records")
         if not self.read_only and (head is None or count != len(self.records) or tail):
@@ -327,12 +330,13 @@ class Journal:
             payloads.append(kept_tail)
         elif tail:
             self.repaired_bytes = len(tail)
-        extra = ("" if not tail else "; kept its complete, checksum-valid last record that lacked a newline"
+        extra = ("" if not tail else "; kept its complete last record (valid in the legacy format) that lacked "
+                 "its newline"
                  if kept_tail is not None else f"; dropped {len(tail)} bytes of a torn last line")
         if self.read_only:
             self.records = payloads
             self._report(f"{self.what} {self.path} is in the legacy format without a hash chain: lost or "
-                         f"deleted records cannot be detected (not upgraded: opened read-only{extra})")
+                         f"deleted records cannot be detected{extra}; not upgraded (opened read-only)")
             return
         # upgrade once: new file next to it, fsync, replace, then the head
         assert self._fd is not None
