@@ -50,21 +50,33 @@ class RunConfig:
     max_epsilon: float | None = None  # budget guard on the data-independent ε
     ledger: str | None = None  # privacy ledger path (default: <cache_dir>/ledgers/<run id>.jsonl)
 
-    def validate(self, num_classes: int) -> None:
-        if self.holders < 2:
-            raise InputError(f"need at least 2 holders, got {self.holders}")
-        if self.queries < 1:
-            raise InputError(f"need at least 1 query, got {self.queries}")
-        if self.gamma <= 0:
-            raise InputError(f"γ must be > 0, got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise InputError(f"τ must be in (0, 1], got {self.tau}")
-        if not 0 < self.delta < 1:
-            raise InputError(f"δ must be in (0, 1), got {self.delta}")
-        if num_classes < 2:
-            raise InputError("the dataset must have at least 2 classes")
-        if self.pad_mode not in PAD_MODES:
-            raise InputError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
+    def validate(self, num_classes: int | None = None) -> None:
+        """Refuse bad settings before any work; messages name the `speed demo` option.
+
+        ``num_classes`` (the dataset's, once loaded) also checks that the circuit can be built.
+        """
+        from speed.cli import options as opt
+
+        opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
+        opt.check_positive_int(self.queries, "--queries")
+        opt.check_gamma(self.gamma, "--gamma")
+        opt.check_tau(self.tau, "--tau")
+        opt.check_delta(self.delta, "--delta")
+        opt.check_resolution(self.resolution, "--resolution")
+        opt.check_positive_int(self.batch_size, "--batch-size")
+        opt.check_choice(self.pad_mode, "--pad-mode", PAD_MODES)
+        opt.check_seed(self.seed, "--seed")
+        opt.check_choice(self.student_method, "--student", ("supervised", "semi-supervised"))
+        opt.check_float(self.noise_failure, "noise_failure", low=0.0, high=1.0, low_open=True, high_open=True)
+        opt.check_float(self.global_p_error, "global_p_error", low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.max_epsilon is not None:
+            opt.check_max_epsilon(self.max_epsilon, "--max-epsilon")
+        if self.ledger is not None:
+            opt.check_ledger_file(self.ledger, "--ledger")
+        if num_classes is not None:
+            if num_classes < 2:
+                raise InputError("the dataset must have at least 2 classes")
+            circuit_spec(self, num_classes)  # the noise bound and the circuit's ranges
 
 
 def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, holders: int, seed: int,
@@ -87,6 +99,37 @@ def circuit_spec(config: RunConfig, num_classes: int) -> CircuitSpec:
 def failure_probability_per_query(spec: CircuitSpec, scale: float) -> float:
     """Per-query probability that the circuit's output is not the exact noisy argmax (ledger's β)."""
     return spec.histogram_failure_probability(scale) + spec.clip_failure_probability(scale)
+
+
+def refuse_unanswerable(config: RunConfig) -> None:
+    """Refuse, before any work, a run whose budget cannot pay for even its first batch.
+
+    The owner charges the ledger one batch at a time, before releasing its labels, and stops
+    at the first batch the budget cannot pay for; if that is the first one, nothing would be
+    labelled after all the training, compiling and key generation.  The projection is the
+    data-independent ε (it depends only on γ, τ, P and the number of queries) on top of what
+    the ledger at ``config.ledger`` already holds (read-only here; the run opens it later).
+    """
+    if config.max_epsilon is None:
+        return
+    from speed.privacy.ledger import PrivacyAccountant, PrivacyLedger
+
+    path = Path(config.ledger) if config.ledger else None
+    if path is not None and path.exists():
+        accountant = PrivacyLedger(path, delta=config.delta, read_only=True).accountant
+    else:
+        accountant = PrivacyAccountant()
+    first = min(config.batch_size, config.queries)
+    spent = accountant.get_epsilon(config.delta) if accountant.num_queries else 0.0
+    projected = accountant.projected_epsilon(config.delta, gamma=config.gamma, tau=config.tau, mechanism="lattice",
+                                             resolution=config.resolution, num_queries=first)
+    if projected > config.max_epsilon:
+        where = f" (ledger {path} holds {accountant.num_queries} queries, ε = {spent:.4g})" if spent else ""
+        raise BudgetExhaustedError(
+            f"--max-epsilon {config.max_epsilon:g}: the first batch of {first} queries would spend "
+            f"ε = {projected:.4g}{where} (data-independent, γ = {config.gamma:g}, τ = {config.tau:g}, "
+            f"δ = {config.delta:g}); no query could be labelled, so nothing was trained"
+        )
 
 
 def make_holders(teachers, scale: float, rngs: list) -> list[DataHolder]:
@@ -112,19 +155,26 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     from speed.privacy.ledger import PrivacyLedger
 
     times: dict[str, float] = {}
+    config.validate()
     dataset = load_dataset(config.dataset, config.data_dir)
+    # every check before the expensive stages (teachers, compile, keygen)
     config.validate(dataset.num_classes)
     cache = Path(config.cache_dir)
+    if config.holders > len(dataset.y_train):
+        raise InputError(f"--holders {config.holders} exceeds the {len(dataset.y_train)} training points of "
+                         f"{dataset.name} (every holder needs at least one)")
+    splits = make_splits(dataset, config.holders, seed=config.seed)
+    if config.queries > splits.pool_size:
+        raise InputError(f"--queries {config.queries} exceeds the public pool of {splits.pool_size} points "
+                         f"of {dataset.name}")
+    refuse_unanswerable(config)
 
     start = time.perf_counter()
-    splits = make_splits(dataset, config.holders, seed=config.seed)
     teachers = train_teachers(
         dataset, splits, seed=config.seed, progress=progress, workers=1,  # small digits models: 1 process is faster
         checkpoint_dir=teacher_checkpoint_dir(cache, dataset.name, config.holders, config.seed),
     )
     times["teacher_training_s"] = time.perf_counter() - start
-    if config.queries > splits.pool_size:
-        raise InputError(f"{config.queries} queries exceed the public pool of {splits.pool_size} points")
     queries = select_queries(splits, config.queries, seed=config.seed)
     test_x, test_y = splits.test_x, splits.test_y
     teacher_acc = teachers.accuracies(test_x, test_y)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speed.cli import options as opt
 from speed.cli.report import dump_json, print_sections
 from speed.crypto.seeded import PAD_MODES
 
@@ -20,26 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
             "privacy (ε) and costs. Defaults finish in about 5 minutes on 2 cores."
         ),
     )
-    p.add_argument("--holders", type=int, default=20, help="number of data holders N (default 20)")
-    p.add_argument("--queries", type=int, default=60, help="number of public queries Q (default 60)")
-    p.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ, inverse Laplace scale (default 3.3)")
-    p.add_argument("--tau", type=float, default=1.0, help="fraction of holders whose noise stays secret (default 1)")
-    p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
-    p.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote (default 1)")
-    p.add_argument("--batch-size", type=int, default=10, help="queries per encrypted circuit call (default 10)")
+    p.add_argument("--holders", type=opt.holders, default=20, help="number of data holders N (default 20)")
+    p.add_argument("--queries", type=opt.positive_int, default=60, help="number of public queries Q (default 60)")
+    p.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ, inverse Laplace scale (default 3.3)")
+    p.add_argument("--tau", type=opt.fraction, default=1.0, help="fraction of holders whose noise stays secret (default 1)")
+    p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
+    p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
     p.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
                    help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; "
                         "default), seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits, teachers and seeded noise")
+    p.add_argument("--seed", type=opt.seed, default=0, help="seed for splits, teachers and seeded noise")
     p.add_argument(
         "--production-noise", action="store_true",
         help="draw noise from the OS CSPRNG (default: seeded per-holder streams, for experiments only)",
     )
     p.add_argument("--student", choices=["supervised", "semi-supervised"], default="supervised")
-    p.add_argument("--max-epsilon", type=float, default=None,
+    p.add_argument("--max-epsilon", type=opt.max_epsilon, default=None,
                    help="privacy budget: stop before the data-independent ε would exceed it")
-    p.add_argument("--ledger", default=None, help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
-    p.add_argument("--cache-dir", default=".speed-cache", help="compiled circuits and teacher checkpoints")
+    p.add_argument("--ledger", type=opt.ledger_file, default=None, help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
+    p.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache", help="compiled circuits and teacher checkpoints")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         holders=args.holders, queries=args.queries, gamma=args.gamma, tau=args.tau, delta=args.delta,
         resolution=args.resolution, batch_size=args.batch_size, pad_mode=args.pad_mode, seed=args.seed,
-        production_noise=args.production_noise, student_method=args.student, cache_dir=args.cache_dir,
-        max_epsilon=args.max_epsilon, ledger=args.ledger,
+        production_noise=args.production_noise, student_method=args.student, cache_dir=str(args.cache_dir),
+        max_epsilon=args.max_epsilon, ledger=None if args.ledger is None else str(args.ledger),
     )
     result = run_pipeline(config, progress=not args.json)
     if result["privacy"]["stopped_early"]:
