@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from speed.cli import options as opt
 from speed.errors import InputError
 
 PUBLISH_LINE = (
@@ -37,16 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--ledger, the running ε of an owner's privacy ledger."
         ),
     )
-    p.add_argument("--gamma", type=float, help="γ = 1/λ, inverse Laplace scale of the full noise")
-    p.add_argument("--tau", type=float, nargs="+", default=[1.0],
+    p.add_argument("--gamma", type=opt.gamma, help="γ = 1/λ, inverse Laplace scale of the full noise")
+    p.add_argument("--tau", type=opt.fraction, nargs="+", default=[1.0],
                    help="fraction(s) of holders whose noise stays secret, in (0, 1] (default 1)")
-    p.add_argument("--counts", type=Path, help="(Q, K) .npy array of vote counts of the answered queries")
-    p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
-    p.add_argument("--moments", type=int, default=25, help="highest moment order L (default 25)")
+    p.add_argument("--counts", type=opt.existing_file, help="(Q, K) .npy array of vote counts of the answered queries")
+    p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
+    p.add_argument("--moments", type=opt.moments, default=25,
+                   help=f"highest moment order L, 1..{opt.MAX_MOMENTS} (default 25)")
     p.add_argument("--mechanism", choices=("gamma", "lattice"), default="gamma",
                    help="gamma: the paper's continuous analysis; lattice: the encrypted pipeline's noise")
-    p.add_argument("--resolution", type=int, help="lattice steps per vote P (with --mechanism lattice)")
-    p.add_argument("--ledger", type=Path, help="print the running ε of this privacy ledger (read-only)")
+    p.add_argument("--resolution", type=opt.resolution, help="lattice steps per vote P (with --mechanism lattice)")
+    p.add_argument("--ledger", type=opt.existing_file, help="print the running ε of this privacy ledger (read-only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -61,6 +63,19 @@ def _load_counts(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise InputError(f"{path}: counts must be a (Q, K) array, got shape {arr.shape}")
     return arr
+
+
+def _check_finite(value: Any, what: str, args: argparse.Namespace, tau: float, allow_inf: bool = False) -> None:
+    """Never print nan (or an infinite ε where a number is due): refuse the inputs in one line."""
+    if value is None:
+        return
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise InputError(
+            f"{what} is not a finite number at γ = {args.gamma:g}, τ = {tau:g}"
+            + (f", P = {args.resolution}" if args.resolution else "")
+            + ": these values are outside what the accountant computes reliably"
+        )
 
 
 def _fmt(x: Any) -> str:
@@ -94,6 +109,8 @@ def _per_query(args: argparse.Namespace) -> int:
         if args.mechanism == "lattice":
             eps = lattice_per_query_epsilon(args.gamma, tau, args.resolution)
             hist = lattice_per_query_epsilon(args.gamma, tau, args.resolution, bound="histogram")
+            _check_finite(eps, "the per-query ε", args, tau)
+            _check_finite(hist, "the histogram ε", args, tau)
             out.append({"gamma": args.gamma, "tau": tau, "mechanism": "lattice",
                         "resolution": args.resolution, "per_query_epsilon": eps,
                         "histogram_epsilon": hist})
@@ -101,6 +118,9 @@ def _per_query(args: argparse.Namespace) -> int:
         else:
             parts = per_query_epsilon_parts(args.gamma, tau)
             eps = per_query_epsilon(args.gamma, tau)
+            _check_finite(eps, "the per-query ε", args, tau)
+            _check_finite(parts["eps1"], "ε₁", args, tau, allow_inf=True)
+            _check_finite(parts["eps2"], "ε₂", args, tau, allow_inf=True)  # inf: the bound does not apply
             out.append({"gamma": args.gamma, "tau": tau, "mechanism": "gamma",
                         "per_query_epsilon": eps, "eps1": parts["eps1"],
                         "eps2": None if math.isinf(parts["eps2"]) else parts["eps2"]})
@@ -125,6 +145,10 @@ def _total(args: argparse.Namespace) -> int:
                 mechanism=args.mechanism, resolution=args.resolution)
         for tau in args.tau
     ]
+    for tau, r in zip(args.tau, results):
+        _check_finite(r["per_query_epsilon"], "the per-query ε", args, tau)
+        _check_finite(r["data_independent"], "the data-independent ε", args, tau, allow_inf=True)
+        _check_finite(r["data_dependent"], "the data-dependent ε", args, tau, allow_inf=True)
     if args.json:
         print(json.dumps([{"tau": tau, **r} for tau, r in zip(args.tau, results)], indent=2))
         return 0
