@@ -13,6 +13,7 @@ Typical flow::
     accuracy(student, splits.test_x, splits.test_y)
 """
 
+from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, pad_shards
 from speed.learning.datasets import (
     DATASET_NAMES,
     DEFAULT_DATASET,
@@ -25,6 +26,13 @@ from speed.learning.datasets import (
     read_idx,
     select_queries,
     write_idx,
+)
+from speed.learning.features import (
+    FeatureCacheError,
+    FeatureSet,
+    ScatteringSpec,
+    scattering_features,
+    scattering_transform,
 )
 from speed.learning.models import DEFAULT_MODEL, MODELS, build_model, count_parameters, default_model
 from speed.learning.train import (
@@ -49,6 +57,8 @@ from speed.learning.train import (
 )
 
 __all__ = [
+    "BatchedConfig", "BatchedLinearTeachers", "FeatureCacheError", "FeatureSet", "ScatteringSpec", "pad_shards",
+    "scattering_features", "scattering_transform",
     "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_MODEL", "MODELS", "STUDENT_CONFIG", "STUDENT_METHODS",
     "TEACHER_CONFIG", "Dataset", "LabelledQueries", "Queries", "Splits", "TeacherEnsemble", "TrainConfig",
     "accuracy", "build_model", "checkpoint_path", "count_parameters", "default_model", "fit_student",
