@@ -122,6 +122,28 @@ def vote_table(num_queries: int, num_holders: int, num_classes: int, seed: int, 
     return table
 
 
+def check_inputs(*, num_classes: int, num_holders: int, num_queries: int, batch_size: int, gamma: float,
+                 resolution: int, pad_mode: str, argmax: str, chunk_bits: int, seed: int,
+                 server_workers: int | None) -> None:
+    """Refuse bad settings (naming the `speed bench he` option) before compiling anything."""
+    from speed.cli import options as opt
+    from speed.crypto.seeded import PAD_MODES
+    from speed.crypto.spec import ARGMAX_LAYOUTS
+
+    opt.check_int(num_classes, "--classes", 2, opt.MAX_CLASSES)
+    opt.check_int(num_holders, "--holders", 1, opt.MAX_HOLDERS)
+    opt.check_int(num_queries, "--queries", 1, opt.MAX_BENCH_QUERIES)
+    opt.check_positive_int(batch_size, "--batch-size")
+    opt.check_gamma(gamma, "--gamma")
+    opt.check_resolution(resolution, "--resolution")
+    opt.check_choice(pad_mode, "--pad-mode", PAD_MODES)
+    opt.check_choice(argmax, "--argmax", ARGMAX_LAYOUTS)
+    opt.check_int(chunk_bits, "--chunk-bits", 1, 6)
+    opt.check_seed(seed, "--seed")
+    if server_workers is not None:
+        opt.check_positive_int(server_workers, "--server-workers")
+
+
 def run(
     num_classes: int = 10,
     num_holders: int = 250,
@@ -139,6 +161,9 @@ def run(
     progress: bool = True,
     server_workers: int | None = None,
 ) -> dict[str, Any]:
+    check_inputs(num_classes=num_classes, num_holders=num_holders, num_queries=num_queries, batch_size=batch_size,
+                 gamma=gamma, resolution=resolution, pad_mode=pad_mode, argmax=argmax, chunk_bits=chunk_bits,
+                 seed=seed, server_workers=server_workers)
     scale = 1.0 / gamma
     bound = choose_noise_bound(num_holders, num_classes, scale, resolution, noise_failure)
     spec = CircuitSpec(

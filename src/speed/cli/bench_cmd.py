@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from speed.cli import options as opt
 from speed.cli.report import dump_json, print_sections
 from speed.crypto.seeded import PAD_MODES
 
@@ -19,24 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random queries through real TFHE, and compare every decrypted label with numpy's argmax of "
         "the same noisy votes.",
     )
-    he.add_argument("--classes", type=int, default=10)
-    he.add_argument("--holders", type=int, default=250)
-    he.add_argument("--queries", type=int, default=5)
-    he.add_argument("--batch-size", type=int, default=1, help="queries per circuit call")
-    he.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ of the noise")
-    he.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote")
+    he.add_argument("--classes", type=opt.classes, default=10, help="classes K (default 10)")
+    he.add_argument("--holders", type=opt.int_range(1, opt.MAX_HOLDERS), default=250, help="holders N (default 250)")
+    he.add_argument("--queries", type=opt.int_range(1, opt.MAX_BENCH_QUERIES), default=5,
+                    help=f"queries Q, at most {opt.MAX_BENCH_QUERIES:,} (default 5)")
+    he.add_argument("--batch-size", type=opt.positive_int, default=1, help="queries per circuit call")
+    he.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ of the noise")
+    he.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote")
     he.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
                     help="shared (default): one pad per batch, its bodies split among the holders and summed by "
                          "the server before the circuit; seeded: one seeded pad per holder, summed in the circuit; "
                          "encode: holders run encode")
     he.add_argument("--argmax", choices=["tournament", "all-pairs"], default="tournament",
                     help="homomorphic argmax layout (docs/he-engine.md)")
-    he.add_argument("--chunk-bits", type=int, default=3,
+    he.add_argument("--chunk-bits", type=opt.int_range(1, 6), default=3,
                     help="tournament: bits per table lookup when selecting the larger sum")
-    he.add_argument("--server-workers", type=int, default=None,
+    he.add_argument("--server-workers", type=opt.positive_int, default=None,
                     help="batches the server computes side by side, each on CPUs/workers threads (default: one per CPU)")
-    he.add_argument("--seed", type=int, default=0)
-    he.add_argument("--cache-dir", default=".speed-cache")
+    he.add_argument("--seed", type=opt.seed, default=0)
+    he.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache")
     he.add_argument("--json", action="store_true", help="print JSON instead of a table")
     he.set_defaults(func=run_he)
 
@@ -48,7 +50,7 @@ def run_he(args: argparse.Namespace) -> int:
         num_classes=args.classes, num_holders=args.holders, num_queries=args.queries, batch_size=args.batch_size,
         gamma=args.gamma, resolution=args.resolution, pad_mode=args.pad_mode, argmax=args.argmax,
         chunk_bits=args.chunk_bits, seed=args.seed,
-        cache_dir=args.cache_dir, progress=not args.json, server_workers=args.server_workers,
+        cache_dir=str(args.cache_dir), progress=not args.json, server_workers=args.server_workers,
     )
     if args.json:
         print(dump_json(r))

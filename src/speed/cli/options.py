@@ -39,6 +39,8 @@ MAX_RESOLUTION = 100_000
 MAX_MOMENTS = 1000
 #: Seeds seed numpy's SeedSequence and torch: non-negative, below 2³².
 MAX_SEED = 2**32 - 1
+#: ``speed bench he``: its (Q, N) vote table is made in memory, and a query takes about a second.
+MAX_BENCH_QUERIES = 100_000
 #: Certificates: at most a century.
 MAX_DAYS = 36_500
 #: Classes and holders the compiled circuit can take (speed.crypto.spec.MAX_CLASSES / MAX_HOLDERS).
