@@ -244,3 +244,33 @@ def test_legacy_file_is_upgraded_once_with_a_warning(tmp_path):
     path.write_bytes(b'{"a":1}\n')
     with pytest.raises(SpeedError, match="legacy format but has a head file"):
         _open(path, legacy=legacy)
+
+
+def test_owner_node_labels_file_is_a_journal(tmp_path):
+    from speed.deploy.owner_node import _append_labels, read_labels
+
+    path = tmp_path / "labels.jsonl"
+    assert read_labels(path) == {}
+    rows = [{"query_id": q, "label": q % 3, "batch_id": 0} for q in range(4)]
+    assert _append_labels(path, rows) == {0: 0, 1: 1, 2: 2, 3: 0}
+    assert _append_labels(path, rows[2:] + [{"query_id": 4, "label": 1, "batch_id": 1}])[4] == 1  # no duplicates
+    assert len(path.read_text().splitlines()) == 5 and read_labels(path)[4] == 1
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1] + [lines[1].replace('"label":1', '"label":2')] + lines[2:]))
+    with pytest.raises(SpeedError, match=r"labels file .*labels.jsonl: checksum mismatch at line 2"):
+        read_labels(path)  # an edited label was silently used before
+    path.write_text("".join(lines[:-1]))
+    with pytest.raises(SpeedError, match="head records 5 entries, file holds 4"):
+        read_labels(path)
+    # legacy labels file (plain lines): read with a warning, upgraded on the next append
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"label": 1, "query_id": 0}\n{"label": 2, "query_id": 1}\n')
+    with pytest.warns(JournalRepairWarning, match="legacy format"):
+        assert read_labels(old) == {0: 1, 1: 2}
+    with pytest.warns(JournalRepairWarning, match="upgraded from the legacy format"):
+        assert _append_labels(old, [{"query_id": 2, "label": 0}]) == {0: 1, 1: 2, 2: 0}
+    assert read_labels(old) == {0: 1, 1: 2, 2: 0}
+    old.write_text('{"label": 1, "query_id": 0}\nnot json\n')
+    head_path(old).unlink()
+    with pytest.raises(SpeedError, match="labels file .*old.jsonl is corrupted at line 2"):
+        read_labels(old)

@@ -10,7 +10,10 @@ Durable state under the node's ``state-dir`` (never leaves this machine):
   job id): one fsync-ed record per query, written BEFORE its label is decrypted;
 * ``jobs/<job id>/pending/*.json`` — each batch's encrypted labels as received, saved
   (fsync) before anything is recorded, deleted once its labels are stored;
-* ``jobs/<job id>/labels.jsonl`` — the decrypted labels (fsync-ed), the job's output;
+* ``jobs/<job id>/labels.jsonl`` — the decrypted labels, the job's output: a
+  :class:`speed.journal.Journal` (checksum + hash chain per line, head file
+  ``labels.jsonl.head``), so an edited or lost label is refused, never used; at setup every
+  stored label must have its ledger charge;
 * ``jobs/<job id>/fillers.jsonl`` — every stand-in vote issued for a missing holder;
 * ``jobs/<job id>/shares/`` — shared pad mode only: the N body shares of each batch's pad
   (mode 0600), kept until the batch's labels are stored (a stand-in needs the answering
@@ -61,8 +64,9 @@ from speed.crypto import shared
 from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import PinnedHolderKeys, seal_pad
 from speed.deploy.task import num_classes, owner_query_ids
-from speed.errors import CiphertextError, InputError
+from speed.errors import CiphertextError, InputError, SpeedError
 from speed.holder import DataHolder
+from speed.journal import Journal, head_path
 from speed.protocol import make_batches
 
 __all__ = ["OwnerNode", "read_labels"]
@@ -97,9 +101,35 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _labels_journal(path: Path, *, read_only: bool) -> Journal:
+    def legacy(raw: bytes, lineno: int) -> dict[str, Any] | None:
+        """Lines of a labels file written before it was a journal (plain JSON, no checksum)."""
+        if not raw.strip():
+            return None
+        try:
+            rec = json.loads(raw)
+            return {**rec, "query_id": int(rec["query_id"]), "label": int(rec["label"])}
+        except (ValueError, KeyError, TypeError):
+            raise SpeedError(f"labels file {path} is corrupted at line {lineno}") from None
+
+    return Journal(path, what="labels file", read_only=read_only, lock=not read_only, legacy=legacy,
+                   consequence="refusing to use its labels")
+
+
 def read_labels(path: str | os.PathLike) -> dict[int, int]:
-    """``labels.jsonl`` of a job → {query id: label}."""
-    return {int(r["query_id"]): int(r["label"]) for r in _read_jsonl(Path(path))}
+    """``labels.jsonl`` of a job → {query id: label} (verified; {} if the job stored none yet)."""
+    path = Path(path)
+    if not path.exists() and not head_path(path).exists():
+        return {}
+    return {int(r["query_id"]): int(r["label"]) for r in _labels_journal(path, read_only=True).records}
+
+
+def _append_labels(path: Path, rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Append the rows whose query has no label yet (durable when this returns); all labels after."""
+    with _labels_journal(path, read_only=False) as journal:
+        have = {int(r["query_id"]) for r in journal.records}
+        journal.append_many([r for r in rows if int(r["query_id"]) not in have])
+        return {int(r["query_id"]): int(r["label"]) for r in journal.records}
 
 
 class OwnerNode:
@@ -168,6 +198,10 @@ class OwnerNode:
         with self.ledger() as ledger:
             answered = {int(q) for q in ledger.answered_query_ids()}
             status = self._status(ledger)
+        uncharged = sorted(set(read_labels(self.labels_path)) - answered)
+        if uncharged:  # a released label without its charge would under-state ε
+            raise SpeedError(f"labels file {self.labels_path} holds {len(uncharged)} labels with no charge in privacy "
+                             f"ledger {self.ledger_path} (queries {uncharged[:5]}); refusing to resume")
         plan = []
         for batch in make_batches(query_ids, self.spec.batch_size):
             remaining = [int(q) for q in batch.query_ids if int(q) not in answered]
@@ -322,14 +356,13 @@ class OwnerNode:
         values = self.owner.decrypt(encrypted)  # only now: every query of the batch is charged
         if len(values) != len(encrypted.query_ids):
             raise CiphertextError(f"batch {encrypted.batch_id}: {len(values)} labels for {len(encrypted.query_ids)} queries")
-        have = read_labels(self.labels_path)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _fsync_append(self.labels_path, [
+        stored = _append_labels(self.labels_path, [
             {"query_id": int(q), "label": int(v), "batch_id": encrypted.batch_id, "num_holders": answered,
              "expected_holders": n_expected, "session": session, "utc": stamp}
-            for q, v in zip(encrypted.query_ids, values) if int(q) not in have
+            for q, v in zip(encrypted.query_ids, values)
         ])
-        status["labels_stored"] = len(read_labels(self.labels_path))
+        status["labels_stored"] = len(stored)
         tau_eff = records[0]["tau_effective"] if records else None
         return {"batch_id": encrypted.batch_id, "recorded": len(todo), "labelled": len(values),
                 "num_holders": answered, "tau_effective": tau_eff, "status": status}
