@@ -242,13 +242,13 @@ def check_torch_device(value: Any, option: str = "--device") -> str:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise _fail(option, "names a CUDA device, but torch sees none on this machine", value)
+            raise _fail(option, "names a CUDA device, but torch sees no CUDA device on this machine", value)
         if dev.index is not None and dev.index >= count:
             raise _fail(option, f"names CUDA device {dev.index}, but torch sees {count}", value)
         return text
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise _fail(option, "names an MPS device, but torch sees none on this machine", value)
+            raise _fail(option, "names an MPS device, but torch sees no MPS device on this machine", value)
         return text
     raise _fail(option, "must be cpu, cuda, cuda:N or mps", value)
 

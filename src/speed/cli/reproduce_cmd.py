@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speed.cli import options as opt
 from speed.cli.report import dump_json, print_sections
 
 
@@ -31,17 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "mnist and svhn (--data-dir)")
     p.add_argument("--data-dir", default=None, help="directory with the dataset files (mnist, svhn; "
                    "fashion-mnist defaults to /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--holders", type=int, default=None, help="number of data holders N (default per dataset)")
-    p.add_argument("--queries", type=int, nargs="+", default=None, metavar="Q",
+    p.add_argument("--holders", type=opt.holders, default=None, help="number of data holders N (default per dataset)")
+    p.add_argument("--queries", type=opt.positive_int, nargs="+", default=None, metavar="Q",
                    help="query counts reported in the table; the largest is labelled once, the others are its "
                         "prefixes (default per dataset)")
-    p.add_argument("--tau", type=float, nargs="+", default=[1.0, 0.9, 0.7], metavar="τ",
+    p.add_argument("--tau", type=opt.fraction, nargs="+", default=[1.0, 0.9, 0.7], metavar="τ",
                    help="fractions of holders whose noise stays secret, for the accounting (default 1 0.9 0.7)")
-    p.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ, inverse noise scale (default 3.3)")
-    p.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
-    p.add_argument("--resolution", type=int, default=1, help="lattice steps P per vote (default 1)")
-    p.add_argument("--batch-size", type=int, default=10, help="queries per encrypted circuit call (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits, teachers, queries and seeded noise")
+    p.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ, inverse noise scale (default 3.3)")
+    p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
+    p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
+    p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
+    p.add_argument("--seed", type=opt.seed, default=0, help="seed of splits, teachers, queries and seeded noise")
     p.add_argument("--plaintext-check", action="store_true",
                    help="also compute the argmax in clear on the same noisy votes and report the agreement "
                         "with the decrypted labels (exit status 1 if it is not 100%%)")
@@ -49,31 +50,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="network of the teachers, students and baseline (compact-cnn, digits-cnn, mlp, pate-mnist, "
                         "pate-svhn; default per dataset: pate-mnist for mnist, SPEC §6; compact-cnn for "
                         "fashion-mnist; digits-cnn for digits; pate-svhn for svhn)")
-    p.add_argument("--teacher-steps", type=int, default=None,
+    p.add_argument("--teacher-steps", type=opt.positive_int, default=None,
                    help="training steps per teacher (default per dataset: 5000 SGD steps for mnist, SPEC §6; "
                         "600 Adam steps for fashion-mnist)")
-    p.add_argument("--student-steps", type=int, default=None,
+    p.add_argument("--student-steps", type=opt.positive_int, default=None,
                    help="training steps of each student and of the baseline (default per dataset)")
-    p.add_argument("--student-seeds", type=int, default=1, help="students per (method, Q), averaged (default 1)")
+    p.add_argument("--student-seeds", type=opt.positive_int, default=1, help="students per (method, Q), averaged (default 1)")
     p.add_argument("--students", nargs="+", choices=["supervised", "semi-supervised"],
                    default=["supervised", "semi-supervised"], help="student methods (default both)")
-    p.add_argument("--curve-points", type=int, default=None,
+    p.add_argument("--curve-points", type=opt.nonnegative_int, default=None,
                    help="accuracy curve: also train students on Qmax/2, Qmax/4, ... (this many points in "
                         "all, including Qmax; 0 or 1: only --queries; default 4 for digits, 3 otherwise)")
-    p.add_argument("--non-iid", type=float, default=None, metavar="ALPHA",
+    p.add_argument("--non-iid", type=opt.positive_float, default=None, metavar="ALPHA",
                    help="label-skewed holder shards, Dirichlet(ALPHA) per class (default: uniform shards)")
     p.add_argument("--no-extra", action="store_true",
                    help="svhn: do not add the 531k 'extra' images to the holders' data (SPEC §6 uses them)")
-    p.add_argument("--eval-points", type=int, default=None,
+    p.add_argument("--eval-points", type=opt.positive_int, default=None,
                    help="teacher and ensemble accuracy on this many test points (default: the whole test split)")
     p.add_argument("--production-noise", action="store_true",
                    help="noise from the OS CSPRNG (default: seeded per-batch streams, for experiments)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=opt.positive_int, default=None,
                    help="teacher training processes (default: one per CPU)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1)")
-    p.add_argument("--device", default=None, help="torch device for training, e.g. cuda (default cpu)")
-    p.add_argument("--output", default="results", help="report directory; files go to OUTPUT/DATASET/")
-    p.add_argument("--cache-dir", default=".speed-cache",
+    p.add_argument("--threads", type=opt.positive_int, default=1, help="torch threads in this process (default 1)")
+    p.add_argument("--device", type=opt.torch_device, default=None, help="torch device for training, e.g. cuda (default cpu)")
+    p.add_argument("--output", type=opt.output_dir, default="results", help="report directory; files go to OUTPUT/DATASET/")
+    p.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache",
                    help="compiled circuits, teacher checkpoints, label store, ledger, finished stages")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
@@ -83,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     from speed.reproduce import ReproduceConfig, reproduce, summary_rows
 
     config = ReproduceConfig(
-        dataset=args.dataset, data_dir=args.data_dir, holders=args.holders,
+        dataset=args.dataset, data_dir=None if args.data_dir is None else str(args.data_dir), holders=args.holders,
         queries=tuple(args.queries or ()), taus=tuple(args.tau), gamma=args.gamma, delta=args.delta,
         resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
         model=args.model, teacher_steps=args.teacher_steps, student_steps=args.student_steps, student_seeds=args.student_seeds,
         curve_points=args.curve_points, methods=tuple(dict.fromkeys(args.students)),
         plaintext_check=args.plaintext_check, production_noise=args.production_noise, non_iid=args.non_iid,
         include_extra=False if args.no_extra else None, eval_points=args.eval_points, workers=args.workers,
-        threads=args.threads, device=args.device, output=args.output, cache_dir=args.cache_dir,
+        threads=args.threads, device=args.device, output=str(args.output), cache_dir=str(args.cache_dir),
     )
     result = reproduce(config, progress=not args.json)
     if args.json:

@@ -117,34 +117,51 @@ class ReproduceConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.holders is None or self.holders < 2:
-            raise InputError(f"need at least 2 holders, got {self.holders}")
-        if not self.queries or min(self.queries) < 1:
-            raise InputError(f"--queries must be positive integers, got {list(self.queries)}")
-        if not self.taus or any(not 0 < t <= 1 for t in self.taus):
-            raise InputError(f"every τ must be in (0, 1], got {list(self.taus)}")
-        if self.gamma <= 0 or not 0 < self.delta < 1:
-            raise InputError(f"need γ > 0 and δ in (0, 1), got γ={self.gamma}, δ={self.delta}")
-        if self.batch_size < 1 or self.resolution < 1:
-            raise InputError("batch size and resolution must be >= 1")
+        """Refuse bad settings before any work; messages name the `speed reproduce` option."""
+        from speed.cli import options as opt
+
+        if self.holders is None:
+            raise InputError("--holders: need the number of data holders N")
+        opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
+        if not self.queries:
+            raise InputError("--queries: need at least one query count")
+        for q in self.queries:
+            opt.check_positive_int(q, "--queries")
+        if not self.taus:
+            raise InputError("--tau: need at least one τ")
+        for t in self.taus:
+            opt.check_tau(t, "--tau")
+        opt.check_gamma(self.gamma, "--gamma")
+        opt.check_delta(self.delta, "--delta")
+        opt.check_resolution(self.resolution, "--resolution")
+        opt.check_positive_int(self.batch_size, "--batch-size")
+        opt.check_seed(self.seed, "--seed")
         for name in ("teacher_steps", "student_steps"):
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        if self.student_seeds < 1 or (self.curve_points or 0) < 0 or self.threads < 1:
-            raise InputError("student seeds and threads must be >= 1, curve points >= 0")
-        if self.workers is not None and self.workers < 1:
-            raise InputError(f"--workers must be >= 1, got {self.workers}")
+            if v is not None:
+                opt.check_positive_int(v, f"--{name.replace('_', '-')}")
+        opt.check_positive_int(self.student_seeds, "--student-seeds")
+        if self.curve_points is not None:
+            opt.check_int(self.curve_points, "--curve-points", 0)
+        opt.check_positive_int(self.threads, "--threads")
+        if self.workers is not None:
+            opt.check_positive_int(self.workers, "--workers")
         bad = [m for m in self.methods if m not in STUDENT_METHODS]
         if bad or not self.methods:
-            raise InputError(f"student methods must be among {', '.join(STUDENT_METHODS)}, got {list(self.methods)}")
+            raise InputError(f"--students: must be among {', '.join(STUDENT_METHODS)}, got {list(self.methods)}")
         if self.model is not None:
             from speed.learning import MODELS
 
             if self.model not in MODELS:
-                raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.eval_points is not None and self.eval_points < 1:
-            raise InputError(f"--eval-points must be >= 1, got {self.eval_points}")
+                raise InputError(f"--model: unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.eval_points is not None:
+            opt.check_positive_int(self.eval_points, "--eval-points")
+        if self.non_iid is not None:
+            opt.check_positive_float(self.non_iid, "--non-iid")
+        if self.device is not None:
+            opt.check_torch_device(self.device, "--device")
+        opt.check_output_dir(self.output, "--output")
+        opt.check_output_dir(self.cache_dir, "--cache-dir")
 
     @property
     def max_queries(self) -> int:
