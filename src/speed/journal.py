@@ -51,6 +51,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -127,7 +128,7 @@ class Journal:
         if self.path.is_dir():
             raise SpeedError(f"{what} {self.path} is a directory, not a file")
         try:
-            self._open(lock)
+            self._open()
         except BaseException:
             self.close()
             raise
@@ -136,7 +137,9 @@ class Journal:
     def _fail(self, detail: str) -> SpeedError:
         return SpeedError(f"{self.what} {self.path}: {detail}")
 
-    def _open(self, lock: bool) -> None:
+    def _open(self) -> None:
+        # the head is read BEFORE the data: a writer appending meanwhile can only make the
+        # file longer than the head says (caught up), never shorter (a false "records lost")
         if not self.path.exists():
             head = self._read_head()
             if head is not None and head["count"] > 0:
@@ -145,10 +148,17 @@ class Journal:
         if self.read_only:
             if not self.path.exists():
                 raise JournalMissingError(f"{self.what} {self.path} does not exist")
-            try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                raise self._fail(f"cannot be read ({exc.strerror or exc})") from None
+            for _ in range(20):  # a live journal: retry until head and data are from the same moment
+                head = self._read_head()
+                try:
+                    data = self.path.read_bytes()
+                except OSError as exc:
+                    raise self._fail(f"cannot be read ({exc.strerror or exc})") from None
+                if self._read_head() == head and head is not None and len(data) == head["size"]:
+                    break
+                if head is None:
+                    break
+                time.sleep(0.01)  # an append between its line and its head update: look again
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +171,10 @@ class Journal:
                 self._clean_temps()
             if created:
                 fsync_dir(self.path.parent)
+            head = self._read_head()
             size = os.fstat(self._fd).st_size
             data = os.pread(self._fd, size, 0) if size else b""
-        self._load(data, self._read_head())
+        self._load(data, head)
 
     def _lock(self, fd: int) -> None:
         try:
