@@ -242,7 +242,7 @@ def test_legacy_file_is_upgraded_once_with_a_warning(tmp_path):
     assert all("sha" in json.loads(line) for line in path.read_text().splitlines())
     # a file in the legacy format that has a head was rewritten after it became a journal
     path.write_bytes(b'{"a":1}\n')
-    with pytest.raises(SpeedError, match="legacy format but has a head file"):
+    with pytest.raises(SpeedError, match=r"corrupted at line 1 \(not a journal record: no seq/prev/sha\)"):
         _open(path, legacy=legacy)
 
 

@@ -33,7 +33,7 @@ Opening verifies every line (checksum, ``seq``, chain) and compares with the hea
 Legacy (pre-journal) files: a client may pass ``legacy=`` to parse its old line format.  On a
 writable open such a file is verified with the old rules and upgraded ONCE to this format
 with a loud warning (losses before the upgrade cannot be detected); a read-only open accepts
-it with a warning.  Read-only opening never repairs anything.  Every repair is reported by a
+it with a warning.  A file with a head file is never read as legacy.  Read-only opening never repairs anything.  Every repair is reported by a
 :class:`JournalRepairWarning` starting ``repaired:``; every refusal is one
 :class:`speed.errors.SpeedError` line naming the file.
 
@@ -228,8 +228,9 @@ class Journal:
         end = data.rfind(b"\n") + 1
         lines, tail = data[:end].split(b"\n")[:-1], data[end:]
         first = lines[0] if lines else tail
-        if self._legacy is not None and first and not (b'"sha":' in first and b'"seq":' in first):
-            return self._load_legacy(lines, tail, head)
+        # legacy only without a head: a journal's damaged first line must not pass for legacy
+        if self._legacy is not None and head is None and first and not (b'"sha":' in first and b'"seq":' in first):
+            return self._load_legacy(lines, tail)
         hashes: list[str] = []
         ends: list[int] = []
         payloads: list[dict[str, Any]] = []
@@ -316,11 +317,8 @@ class Journal:
         if not self.read_only and (head is None or count != len(self.records) or tail):
             self._write_head()
 
-    def _load_legacy(self, lines: list[bytes], tail: bytes, head: dict[str, Any] | None) -> None:
+    def _load_legacy(self, lines: list[bytes], tail: bytes) -> None:
         assert self._legacy is not None
-        if head is not None:
-            raise self._fail(f"is in the legacy format but has a head file ({self.head_file.name}): it was "
-                             f"rewritten after it became a journal; {self.consequence}")
         payloads = []
         for i, raw in enumerate(lines):
             rec = self._legacy(raw, i + 1)
