@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from speed.cli import options as opt
 from speed.cli.report import dump_json
 from speed.crypto.seeded import PAD_MODES
 
@@ -29,25 +30,25 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", choices=["digits", "table"], default="digits",
                    help="digits: simulated federation on sklearn digits, one CNN teacher per holder (default); "
                    "table: holders answer from a fixed prediction table (--teacher-table)")
-    g.add_argument("--holders", type=int, default=5, help="number of data holders N (default 5)")
-    g.add_argument("--classes", type=int, default=0, help="classes K (task table only; digits has 10)")
-    g.add_argument("--queries", type=int, default=10, help="public queries to label Q (default 10)")
-    g.add_argument("--batch-size", type=int, default=10, help="queries per encrypted circuit call (default 10)")
-    g.add_argument("--gamma", type=float, default=3.3, help="γ = 1/λ (default 3.3)")
-    g.add_argument("--tau", type=float, default=1.0, help="assumed fraction of honest holders' noise (default 1)")
-    g.add_argument("--delta", type=float, default=1e-5, help="target δ (default 1e-5)")
-    g.add_argument("--seed", type=int, default=0, help="splits, queries and seeded noise streams (default 0)")
+    g.add_argument("--holders", type=opt.holders, default=5, help="number of data holders N (default 5)")
+    g.add_argument("--classes", type=opt.int_range(0, opt.MAX_CLASSES), default=0, help="classes K (task table only; digits has 10)")
+    g.add_argument("--queries", type=opt.positive_int, default=10, help="public queries to label Q (default 10)")
+    g.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
+    g.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ (default 3.3)")
+    g.add_argument("--tau", type=opt.fraction, default=1.0, help="assumed fraction of honest holders' noise (default 1)")
+    g.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
+    g.add_argument("--seed", type=opt.seed, default=0, help="splits, queries and seeded noise streams (default 0)")
     g.add_argument("--production-noise", action="store_true", help="holders draw noise from the OS CSPRNG")
     g.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
                    help="how holders encrypt: shared (an 8-byte share per value of one pad per batch, summed by the "
                         "server; default), seeded (one seeded pad each), encode (encode with the evaluation keys)")
-    g.add_argument("--min-holders", type=int, default=0,
+    g.add_argument("--min-holders", type=opt.nonnegative_int, default=0,
                    help="go on with a batch if at least this many holders answered; missing ones get the owner's "
                    "stand-in encryption of zero and the ledger uses the reduced τ (default 0 = all N required)")
-    g.add_argument("--max-epsilon", type=float, default=0.0, help="owner's budget on ε (default 0 = none)")
-    g.add_argument("--vote-timeout", type=float, default=120.0, help="seconds a holder has per batch (default 120)")
-    g.add_argument("--setup-timeout", type=float, default=600.0, help="seconds for setup replies (default 600)")
-    g.add_argument("--job-id", default="", help="ledger run id (default: derived from the settings; a rerun resumes it)")
+    g.add_argument("--max-epsilon", type=opt.nonnegative_float, default=0.0, help="owner's budget on ε (default 0 = none)")
+    g.add_argument("--vote-timeout", type=opt.positive_float, default=120.0, help="seconds a holder has per batch (default 120)")
+    g.add_argument("--setup-timeout", type=opt.positive_float, default=600.0, help="seconds for setup replies (default 600)")
+    g.add_argument("--job-id", type=opt.job_id, default="", help="ledger run id (default: derived from the settings; a rerun resumes it)")
 
 
 def _config(args: argparse.Namespace):
@@ -87,17 +88,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _config_args(loc)
     g = loc.add_argument_group("local federation")
-    g.add_argument("--workdir", type=Path, default=Path(".speed-deploy"),
+    g.add_argument("--workdir", type=opt.output_dir, default=Path(".speed-deploy"),
                    help="parties' state and per-run files (default .speed-deploy)")
-    g.add_argument("--cache-dir", type=Path, default=Path(".speed-cache"),
+    g.add_argument("--cache-dir", type=opt.output_dir, default=Path(".speed-cache"),
                    help="compiled circuits and teacher checkpoints (default .speed-cache)")
-    g.add_argument("--teacher-table", type=Path, default=None, help="task table: (rows, N) .npy of teacher labels")
+    g.add_argument("--teacher-table", type=opt.existing_file, default=None, help="task table: (rows, N) .npy of teacher labels")
     g.add_argument("--no-node-auth", action="store_true", help="do not authenticate SuperNodes (TLS stays on)")
-    g.add_argument("--start-holders", type=int, nargs="*", default=None,
+    g.add_argument("--start-holders", type=opt.nonnegative_int, nargs="*", default=None,
                    help="start only these holders (default all): the others are missing from the start")
-    g.add_argument("--kill-holder", type=int, default=None, help="fault injection: SIGKILL this holder's SuperNode ...")
-    g.add_argument("--kill-after", type=int, default=1, help="... after this many batches (0: after setup; default 1)")
-    g.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
+    g.add_argument("--kill-holder", type=opt.nonnegative_int, default=None, help="fault injection: SIGKILL this holder's SuperNode ...")
+    g.add_argument("--kill-after", type=opt.nonnegative_int, default=1, help="... after this many batches (0: after setup; default 1)")
+    g.add_argument("--timeout", type=opt.positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     g.add_argument("--json-only", action="store_true", help="no progress lines on stderr")
     loc.set_defaults(func=run_local_cmd)
 
@@ -117,39 +118,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     _config_args(sim)
     sim.set_defaults(vote_timeout=900.0, setup_timeout=3600.0)
     g = sim.add_argument_group("simulated federation")
-    g.add_argument("--workdir", type=Path, default=Path(".speed-deploy/simulation"),
+    g.add_argument("--workdir", type=opt.output_dir, default=Path(".speed-deploy/simulation"),
                    help="parties' state and per-run files (default .speed-deploy/simulation)")
-    g.add_argument("--cache-dir", type=Path, default=Path(".speed-cache"),
+    g.add_argument("--cache-dir", type=opt.output_dir, default=Path(".speed-cache"),
                    help="compiled circuits and teacher checkpoints (default .speed-cache)")
-    g.add_argument("--teacher-table", type=Path, default=None, help="task table: (rows, N) .npy of teacher labels")
-    g.add_argument("--cpus-per-node", type=int, default=1,
+    g.add_argument("--teacher-table", type=opt.existing_file, default=None, help="task table: (rows, N) .npy of teacher labels")
+    g.add_argument("--cpus-per-node", type=opt.positive_int, default=1,
                    help="CPUs ray reserves per ClientApp worker; workers = cores / this (default 1)")
-    g.add_argument("--timeout", type=float, default=7200.0, help="give up after this many seconds (default 7200)")
+    g.add_argument("--timeout", type=opt.positive_float, default=7200.0, help="give up after this many seconds (default 7200)")
     g.add_argument("--json-only", action="store_true", help="no progress lines on stderr")
     sim.set_defaults(func=run_simulate_cmd)
 
     app = dsub.add_parser("app", help="write the Flower App project (pyproject.toml) for `flwr run`",
                           description="Write DIR/pyproject.toml: the Flower App whose ServerApp and ClientApp are "
                           "in the installed speed package, with the job settings as run-config defaults.")
-    app.add_argument("directory", type=Path)
+    app.add_argument("directory", type=opt.output_dir)
     _config_args(app)
     app.set_defaults(func=run_app_cmd)
 
     certs = dsub.add_parser("certs", help="a CA and a SuperLink TLS certificate (cryptography, no openssl needed)")
-    certs.add_argument("directory", type=Path)
+    certs.add_argument("directory", type=opt.output_dir)
     certs.add_argument("--host", action="append", default=None,
                        help="DNS name or IP address of the SuperLink (repeat); localhost, 127.0.0.1 and ::1 are "
                        "always included (the SuperLink's own ServerApp connects to 127.0.0.1)")
-    certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    certs.add_argument("--days", type=opt.days, default=365, help=f"validity in days, 1..{opt.MAX_DAYS} (default 365)")
     certs.set_defaults(func=run_certs_cmd)
 
     key = dsub.add_parser("node-key", help="a SuperNode authentication key pair (ECDSA P-384, OpenSSH format)")
-    key.add_argument("directory", type=Path)
-    key.add_argument("name")
+    key.add_argument("directory", type=opt.output_dir)
+    key.add_argument("name", type=opt.file_name, help="the node's name: NAME.key and NAME.pub in DIRECTORY")
     key.set_defaults(func=run_node_key_cmd)
 
     pad = dsub.add_parser("pad-key", help="print a holder's pad public key (created in --state-dir if absent)")
-    pad.add_argument("--state-dir", type=Path, required=True, help="the holder SuperNode's state-dir")
+    pad.add_argument("--state-dir", type=opt.output_dir, required=True, help="the holder SuperNode's state-dir")
     pad.set_defaults(func=run_pad_key_cmd)
 
 

@@ -264,6 +264,11 @@ def check_file_name(value: Any, option: str) -> str:
     return text
 
 
+def check_job_id(value: Any, option: str = "--job-id") -> str:
+    """``""`` (derived from the settings) or a plain name: it names a directory of the parties' state."""
+    return "" if value == "" else check_file_name(value, option)
+
+
 # ----------------------------------------------------------------------- argparse types
 def _type(check: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Callable[[str], Any]:
     """An argparse ``type=``: ``check(text, "", ...)`` with its InputError as ArgumentTypeError."""
@@ -302,3 +307,4 @@ output_dir = _type(check_output_dir, "output_dir")
 ledger_file = _type(check_ledger_file, "ledger_file")
 torch_device = _type(check_torch_device, "torch_device")
 file_name = _type(check_file_name, "file_name")
+job_id = _type(check_job_id, "job_id")

@@ -58,23 +58,31 @@ class DeployConfig:
     poll_interval: float = 0.5  # ServerApp polling of the SuperLink
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise InputError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.pad_mode not in PAD_MODES:
-            raise InputError(f"pad-mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
-        if self.holders < 2:
-            raise InputError(f"need at least 2 holders, got {self.holders}")
-        if self.queries < 1 or self.batch_size < 1:
-            raise InputError("queries and batch-size must be ≥ 1")
-        if self.gamma <= 0 or not 0 < self.tau <= 1 or not 0 < self.delta < 1:
-            raise InputError("need γ > 0, τ in (0, 1], δ in (0, 1)")
+        # messages name the option of `speed deploy` (the run-config key without the dashes)
+        from speed.cli import options as opt
+
+        opt.check_choice(self.task, "--task", TASKS)
+        opt.check_choice(self.pad_mode, "--pad-mode", PAD_MODES)
+        opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
+        if self.classes != 0:
+            opt.check_int(self.classes, "--classes", 2, opt.MAX_CLASSES)
+        opt.check_positive_int(self.queries, "--queries")
+        opt.check_positive_int(self.batch_size, "--batch-size")
+        opt.check_gamma(self.gamma, "--gamma")
+        opt.check_tau(self.tau, "--tau")
+        opt.check_delta(self.delta, "--delta")
+        opt.check_resolution(self.resolution, "--resolution")
+        opt.check_float(self.noise_failure, "noise-failure", low=0.0, high=1.0, low_open=True, high_open=True)
+        opt.check_float(self.global_p_error, "global-p-error", low=0.0, high=1.0, low_open=True, high_open=True)
+        opt.check_seed(self.seed, "--seed")
+        opt.check_job_id(self.job_id, "--job-id")  # a directory name under the parties' state dirs
         if not 0 <= self.min_holders <= self.holders:
-            raise InputError(f"min-holders must be in [0, {self.holders}], got {self.min_holders}")
+            raise InputError(f"--min-holders: must be in 0..{self.holders} (--holders), got {self.min_holders}")
+        opt.check_nonnegative_float(self.max_epsilon, "--max-epsilon")  # 0 = no budget
         if self.task == "table" and self.classes < 2:
-            raise InputError("task 'table' needs classes ≥ 2 in the run config")
+            raise InputError("--classes: task 'table' needs the number of classes K ≥ 2")
         for name in ("node_wait", "setup_timeout", "vote_timeout", "owner_timeout", "poll_interval"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"{name.replace('_', '-')} must be > 0")
+            opt.check_positive_float(getattr(self, name), f"--{name.replace('_', '-')}")
 
     # -- run config <-> dataclass
     @classmethod
@@ -135,6 +143,43 @@ class DeployConfig:
             batch_size=self.batch_size, global_p_error=self.global_p_error,
             aggregate_input=aggregate_input_for(self.pad_mode),
         )
+
+
+def check_job_inputs(config: DeployConfig, teacher_table: str | os.PathLike | None,
+                     option: str = "--teacher-table") -> None:
+    """What a federation needs before any process starts: the holders' teacher table (task
+    "table": a readable .npy of integer labels in 0..K−1, a row per query and a column per
+    holder, or one column for all) or, for task "digits", enough public points for the queries.
+    """
+    import numpy as np
+
+    from speed.cli import options as opt
+
+    if config.task == "digits":
+        from speed.learning import load_dataset
+
+        pool = len(load_dataset("digits").y_test) // 2  # speed.learning.make_splits' default public pool
+        if config.queries > pool:
+            raise InputError(f"--queries {config.queries} exceeds the public pool of {pool} digits")
+        return
+    if teacher_table is None or str(teacher_table) == "":
+        raise InputError(f"task 'table' needs {option} <file.npy>")
+    path = opt.check_existing_file(teacher_table, option, "teacher table")
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{option}: cannot read {path} as a .npy array ({' '.join(str(exc).split())})") from None
+    if table.ndim not in (1, 2) or table.shape[0] < config.queries or (
+            table.ndim == 2 and table.shape[1] < config.holders):
+        raise InputError(f"{option}: {path} has shape {table.shape}; need ({config.queries}+ queries, "
+                         f"{config.holders} holders) or ({config.queries}+,)")
+    part = np.asarray(table[: config.queries] if table.ndim == 1 else table[: config.queries, : config.holders])
+    if not (np.issubdtype(part.dtype, np.integer) or np.issubdtype(part.dtype, np.floating)) or (
+            np.issubdtype(part.dtype, np.floating) and not np.all(np.isfinite(part) & (part == np.round(part)))):
+        raise InputError(f"{option}: {path} must hold integer class labels, got dtype {part.dtype}")
+    if part.size and (part.min() < 0 or part.max() >= config.classes):
+        raise InputError(f"{option}: {path} holds labels in {int(part.min())}..{int(part.max())}; "
+                         f"--classes {config.classes} needs 0..{config.classes - 1}")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from speed.deploy.config import DeployConfig, write_app_dir
+from speed.deploy.config import DeployConfig, check_job_inputs, write_app_dir
 from speed.deploy.processes import ProcessSet, signals_interrupt
 from speed.deploy.sealing import HolderPadKey
 from speed.deploy.tls import make_certificates, make_node_key
@@ -104,13 +104,26 @@ def _node_config(values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def check_local_options(options: LocalOptions) -> None:
+    """Refuse bad options before any file is written or process started."""
+    from speed.cli import options as opt
+
+    config = options.config
+    for i in options.start_holders or ():
+        opt.check_int(i, "--start-holders", 0, config.holders - 1)
+    if options.kill_holder is not None:
+        opt.check_int(options.kill_holder, "--kill-holder", 0, config.holders - 1)
+    opt.check_int(options.kill_after, "--kill-after", 0)
+    opt.check_positive_float(options.timeout, "--timeout")
+    opt.check_output_dir(options.workdir, "--workdir")
+    opt.check_output_dir(options.cache_dir, "--cache-dir")
+    check_job_inputs(config, options.teacher_table)  # last: it may load the digits
+
+
 def run_local(options: LocalOptions) -> dict[str, Any]:
     """Run one job on a local federation; return the JSON summary (every process stopped)."""
     config = options.config
-    if config.task == "table" and options.teacher_table is None:
-        raise InputError("task 'table' needs --teacher-table <file.npy>")
-    if options.kill_holder is not None and not 0 <= options.kill_holder < config.holders:
-        raise InputError(f"--kill-holder must be in 0..{config.holders - 1}")
+    check_local_options(options)
     started_at = time.perf_counter()
     workdir = options.workdir.expanduser().resolve()
     cache_dir = options.cache_dir.expanduser().resolve()

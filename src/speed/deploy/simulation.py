@@ -39,7 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from speed.deploy.config import SIM_CACHE_DIR, SIM_DIR, SIM_TEACHER_TABLE, DeployConfig, write_app_dir
+from speed.deploy.config import (
+    SIM_CACHE_DIR,
+    SIM_DIR,
+    SIM_TEACHER_TABLE,
+    DeployConfig,
+    check_job_inputs,
+    write_app_dir,
+)
 from speed.deploy.local import _ANSI, _bin, _free_ports, _wait_port, job_report
 from speed.deploy.processes import ProcessSet, memory_of, processes_with_token, signals_interrupt
 from speed.deploy.sealing import HolderPadKey
@@ -114,15 +121,23 @@ class MemorySampler:
                         "shared pages once per process, PSS splits them"}
 
 
+def check_simulation_options(options: SimulationOptions) -> None:
+    """Refuse bad options before any file is written or process started."""
+    from speed.cli import options as opt
+
+    opt.check_positive_int(options.cpus_per_node, "--cpus-per-node")
+    opt.check_positive_float(options.timeout, "--timeout")
+    opt.check_output_dir(options.workdir, "--workdir")
+    opt.check_output_dir(options.cache_dir, "--cache-dir")
+    check_job_inputs(options.config, options.teacher_table)  # last: it may load the digits
+
+
 def run_simulation(options: SimulationOptions) -> dict[str, Any]:
     """Run one job with N virtual holders + the owner on Flower's simulation engine; return the JSON summary."""
     config = options.config
     if not ray_available():
         raise InputError(f"Flower's simulation engine needs ray, which is not installed: {RAY_HINT}")
-    if config.task == "table" and options.teacher_table is None:
-        raise InputError("task 'table' needs --teacher-table <file.npy>")
-    if int(options.cpus_per_node) < 1:
-        raise InputError("--cpus-per-node must be ≥ 1")
+    check_simulation_options(options)
     started_at = time.perf_counter()
     workdir = options.workdir.expanduser().resolve()
     cache_dir = options.cache_dir.expanduser().resolve()
