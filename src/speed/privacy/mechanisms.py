@@ -47,6 +47,7 @@ __all__ = [
 
 _DEFAULT_LOG_TAIL = -45.0  # truncated supports keep all but e^{-45} ≈ 3e-20 of the mass
 _MAX_SUPPORT = 1 << 23
+_SKELLAM_MAX_VARIANCE = 1e9  # scipy's ive(v, x) is accurate to x = 1e9 (NaN beyond ~1e10)
 
 
 def _positive(name: str, value: Any) -> float:
@@ -202,6 +203,9 @@ class Skellam(Mechanism):
     def sum_log_pmf(self, z: Any, tau: float = 1.0) -> np.ndarray:
         """log Pr[Sk(μ, μ) = z], μ = τσ²/2: ``e^{−2μ} I_|z|(2μ)`` = ``ive(|z|, 2μ)``."""
         x = self._mu2(_tau(tau))
+        if x > _SKELLAM_MAX_VARIANCE:
+            raise InputError(f"Skellam σ = {self.sigma:g} is beyond the exact PMF's range "
+                             f"(τσ² ≤ {_SKELLAM_MAX_VARIANCE:g})")
         zz = np.abs(np.asarray(z, dtype=np.float64))
         with np.errstate(divide="ignore"):
             return np.log(special.ive(zz, x))

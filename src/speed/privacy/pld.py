@@ -64,6 +64,7 @@ DEFAULT_DISCRETIZATION = 1e-5
 DEFAULT_RDP_ORDERS = tuple([1.0 + x / 10.0 for x in range(1, 10)] + list(range(2, 20))
                            + [20, 24, 28, 32, 40, 48, 56, 64])
 _RDP_LOG_TAIL = -200.0
+_ROUNDING_SLACK = 1e-9  # in units of the discretisation step
 
 
 def _pld_module():
@@ -113,7 +114,10 @@ def _rounded_pmf(log_upper: np.ndarray, log_lower: np.ndarray, h: float,
     if not np.all(np.isfinite(ll)):  # pragma: no cover (both laws have full support)
         raise RuntimeError("internal: shifted law vanishes where the law does not")
     loss = (lu - ll) / h
-    idx = np.ceil(loss) if pessimistic else np.floor(loss)
+    # A loss computed as k·h up to rounding (e.g. γ/h for the discrete Laplace) must not be
+    # pushed one whole step up (or down) by its last bit: ±1e−9 of a step (1e−14 in loss
+    # for h = 1e−5) is below the float accuracy of the log-PMF differences themselves.
+    idx = np.ceil(loss - _ROUNDING_SLACK) if pessimistic else np.floor(loss + _ROUNDING_SLACK)
     idx = idx.astype(np.int64)
     lo = int(idx.min())
     mass = np.bincount(idx - lo, weights=np.exp(lu))
