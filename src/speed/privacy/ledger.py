@@ -17,7 +17,17 @@ counted (never acknowledged, so its label was never released) is truncated.  Leg
 (version 1, CRC-32 per line) ledgers are verified with their CRCs and upgraded once, loudly,
 on a writable open.  An exclusive ``flock`` keeps two owners from appending to the same ledger.
 
-The running ε is the data-independent moments-accountant bound (publishable): in a
+**Publishable ε of a noise mechanism object** (``noise=Skellam(σ)`` and the other objects of
+:mod:`speed.privacy.mechanisms`): every charge stores the mechanism, the τ its batch really had
+and β; the running ε is the privacy-loss-distribution bound of
+:class:`speed.privacy.publishable.PublishableAccountant`, and
+``δ_total = δ + (1 + e^ε) Σβ`` (one rule everywhere, docs/privacy.md).  An optional *plan*
+record (mechanism, planned queries, target ε, δ, τ) is written before the first charge; a
+ledger written under another mechanism or plan is refused.  :meth:`PrivacyLedger.check_budget`
+for a batch of n queries clears exactly those n charges, so a batch costs one ε evaluation.
+
+**The paper's analysis** (``mechanism="gamma"``/``"lattice"`` with ``gamma``): the running
+ε is the data-independent moments-accountant bound (publishable, SPEED's analysis): in a
 deployment nobody sees vote counts.  Where counts are passed (clear-text simulation and
 research runs) the data-dependent bound is also computed and labelled not publishable
 without smooth-sensitivity sanitisation (PATE 2018).  Overflow/failure probabilities of
@@ -46,6 +56,8 @@ import numpy as np
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
 from speed.journal import Journal
 from speed.privacy import accountant as _acc
+from speed.privacy.mechanisms import Mechanism, mechanism_from_dict
+from speed.privacy.publishable import PublishableAccountant
 
 __all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
 
@@ -270,8 +282,17 @@ class PrivacyLedger:
         num_holders: int | None = None,
         expected_holders: int | None = None,
         read_only: bool = False,
+        noise: Mechanism | None = None,
+        plan: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
+        if noise is not None and not isinstance(noise, Mechanism):
+            raise InputError(f"noise must be a mechanism object of speed.privacy.mechanisms, got {noise!r}")
+        self.noise: Mechanism | None = noise
+        self.publishable: PublishableAccountant | None = (
+            None if noise is None else PublishableAccountant(noise, delta))
+        self.plan: dict[str, Any] | None = None
+        self._allowance: tuple[int, float] | None = None  # (queries, τ_eff) cleared by check_budget
         self.delta = _acc.check_delta(delta)
         self.max_epsilon = None if max_epsilon is None else self._check_max(max_epsilon)
         self.run_id = str(run_id) if run_id is not None else time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
@@ -286,7 +307,11 @@ class PrivacyLedger:
         self._fd: int | None = None
         self._journal: Journal | None = None
         self._seen: set[tuple[str, str]] = set()
+        if noise is not None:
+            self.defaults["mechanism"] = noise.name
         self._open()
+        if plan is not None:
+            self.write_plan(plan)
 
     # -- persistence (speed.journal): opening, verifying, repairing
     def _open(self) -> None:
@@ -311,6 +336,15 @@ class PrivacyLedger:
         self._journal.append(rec)
 
     def _apply(self, rec: dict[str, Any]) -> None:
+        if rec.get("kind") == "plan":
+            self._apply_plan(rec)
+            return
+        if "noise" in rec:
+            self._apply_noise_charge(rec)
+            return
+        if self.publishable is not None:
+            raise SpeedError(f"privacy ledger {self.path} mixes the paper's accounting with "
+                             f"{self.noise.name} charges: refusing it")
         self.accountant.step(
             gamma=rec["gamma"], tau=rec["tau_effective"], mechanism=rec["mechanism"],
             resolution=rec["resolution"], counts=rec.get("counts"),
@@ -318,6 +352,64 @@ class PrivacyLedger:
         )
         self.records.append(rec)
         self._seen.add((str(rec["run_id"]), json.dumps(rec["query_id"])))
+
+    def _apply_plan(self, rec: dict[str, Any]) -> None:
+        if self.plan is not None or self.records:
+            raise SpeedError(f"privacy ledger {self.path}: a plan record must come first, and only once")
+        plan_noise = mechanism_from_dict(rec["noise"])
+        self._adopt_noise(plan_noise)
+        self.plan = {k: v for k, v in rec.items() if k != "kind"}
+
+    def _adopt_noise(self, noise: Mechanism) -> None:
+        if self.noise is None and self.defaults.get("gamma") is not None:
+            raise SpeedError(
+                f"privacy ledger {self.path} was written under {noise.to_dict()}, this run uses the "
+                f"paper's {self.defaults['mechanism']} accounting: use another ledger")
+        if self.noise is None:
+            self.noise = noise
+            self.publishable = PublishableAccountant(noise, self.delta)
+            self.defaults["mechanism"] = noise.name
+        elif noise != self.noise:
+            raise SpeedError(
+                f"privacy ledger {self.path} was written under {noise.to_dict()}, this run uses "
+                f"{self.noise.to_dict()}: use another ledger"
+            )
+
+    def _apply_noise_charge(self, rec: dict[str, Any]) -> None:
+        if self.accountant.num_queries:
+            raise SpeedError(f"privacy ledger {self.path} mixes the paper's accounting with "
+                             f"{rec['noise'].get('mechanism')} charges: refusing it")
+        self._adopt_noise(mechanism_from_dict(rec["noise"]))
+        assert self.publishable is not None
+        self.publishable.step(rec["tau_effective"], rec["failure_probability"])
+        self.records.append(rec)
+        self._seen.add((str(rec["run_id"]), json.dumps(rec["query_id"])))
+
+    def write_plan(self, plan: dict[str, Any]) -> None:
+        """Write the run's plan before the first charge, or check it against the one on disk.
+
+        ``plan``: ``planned_queries`` and optionally ``target_epsilon``, ``tau``; the mechanism
+        and δ are the ledger's.  Another mechanism, δ or plan on disk → one-line SpeedError.
+        """
+        if self.noise is None:
+            raise InputError("a plan needs the ledger's noise mechanism (noise=...)")
+        wanted = {"noise": self.noise.to_dict(), "delta": self.delta,
+                  **{k: plan[k] for k in ("planned_queries", "target_epsilon", "tau") if plan.get(k) is not None}}
+        if self.plan is not None:
+            if {k: self.plan.get(k) for k in wanted} != wanted:
+                raise SpeedError(
+                    f"privacy ledger {self.path} was written under another plan "
+                    f"({ {k: self.plan.get(k) for k in wanted} }); this run plans {wanted}: use another ledger"
+                )
+            return
+        if self.records:
+            raise SpeedError(f"privacy ledger {self.path} already holds charges without a plan: use another ledger")
+        if self.read_only or self._fd is None:
+            raise SpeedError("this privacy ledger is open read-only (or closed)")
+        rec = {"v": LEDGER_VERSION, "kind": "plan", **wanted,
+               "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._write(rec)
+        self._apply(rec)
 
     # -- query parameters
     @staticmethod
@@ -330,9 +422,14 @@ class PrivacyLedger:
     def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         q = dict(self.defaults)
         q.update({k: v for k, v in overrides.items() if v is not None})
-        if q["gamma"] is None or q["tau"] is None:
+        if self.noise is not None:
+            if q["tau"] is None:
+                raise InputError("the ledger needs tau (as a default or per query)")
+            mechanism, g, t, res = self.noise.name, None, _acc.check_tau(q["tau"]), None
+        elif q["gamma"] is None or q["tau"] is None:
             raise InputError("the ledger needs gamma and tau (as defaults or per query)")
-        mechanism, g, t, res = _check_query(q["mechanism"], q["gamma"], q["tau"], q["resolution"])
+        else:
+            mechanism, g, t, res = _check_query(q["mechanism"], q["gamma"], q["tau"], q["resolution"])
         n, e = q["num_holders"], q["expected_holders"]
         if n is not None and (int(n) != n or n < 1):
             raise InputError(f"num_holders must be a positive integer, got {n!r}")
@@ -355,11 +452,18 @@ class PrivacyLedger:
 
     # -- API
     def epsilon(self, delta: float | None = None) -> dict[str, Any]:
-        """Running privacy spent (data-independent, publishable; data-dependent if counts were given)."""
+        """Running privacy spent (publishable; the paper's analysis adds the data-dependent ε if counts were given)."""
+        if self.publishable is not None:
+            if delta is not None and _acc.check_delta(delta) != self.delta:
+                raise InputError(f"this ledger accounts at δ = {self.delta:g}")
+            return {**self.publishable.get_privacy_spent(), "method": "pld",
+                    "data_dependent": None, "plan": self.plan}
         return self.accountant.get_privacy_spent(self.delta if delta is None else delta)
 
     @property
     def num_queries(self) -> int:
+        if self.publishable is not None:
+            return self.publishable.num_queries
         return self.accountant.num_queries
 
     @property
@@ -379,6 +483,8 @@ class PrivacyLedger:
         """
         limit = self.max_epsilon if max_epsilon is None else self._check_max(max_epsilon)
         q = self._resolve(query)
+        if self.publishable is not None:
+            return self._check_noise_budget(limit, q["tau_effective"], int(num_queries), query_id)
         projected = self.accountant.projected_epsilon(
             self.delta, gamma=q["gamma"], tau=q["tau_effective"], mechanism=q["mechanism"],
             resolution=q["resolution"], num_queries=num_queries,
@@ -391,6 +497,27 @@ class PrivacyLedger:
                 f"answering {what} would raise ε from {current:.4f} to {projected:.4f} "
                 f"> max {limit:g} (δ = {self.delta:g}, data-independent)"
             )
+        return projected
+
+    def _check_noise_budget(self, limit: float | None, tau_eff: float, num_queries: int,
+                            query_id: Any) -> float:
+        assert self.publishable is not None
+        if self._allowance is not None and self._allowance[1] == tau_eff and self._allowance[0] >= num_queries \
+                and limit == self.max_epsilon and query_id is not None:
+            # a record() inside a batch that check_budget already cleared as a whole
+            self._allowance = (self._allowance[0] - num_queries, tau_eff)
+            return math.nan
+        projected = self.publishable.projected_epsilon(tau_eff, num_queries)
+        if limit is not None and projected > limit:
+            current = self.publishable.epsilon()
+            what = f"query {query_id!r}" if query_id is not None else (
+                "one more query" if num_queries == 1 else f"{num_queries} more queries")
+            self._allowance = None
+            raise BudgetExhaustedError(
+                f"answering {what} would raise the publishable ε from {current:.4f} to {projected:.4f} "
+                f"> max {limit:g} (δ = {self.delta:g}, {self.noise.name}, PLD)"
+            )
+        self._allowance = (num_queries, tau_eff) if query_id is None else None
         return projected
 
     def record(
@@ -430,6 +557,8 @@ class PrivacyLedger:
         self.check_budget(max_epsilon, query_id=query_id, gamma=q["gamma"], tau=q["tau"],
                           mechanism=q["mechanism"], resolution=q["resolution"],
                           num_holders=q["num_holders"], expected_holders=q["expected_holders"])
+        if self.publishable is not None:
+            return self._record_noise(query_id, q, fp)
         rec: dict[str, Any] = {
             "v": LEDGER_VERSION,
             "run_id": self.run_id,
@@ -453,9 +582,25 @@ class PrivacyLedger:
         self._apply(rec)
         return rec
 
+    def _record_noise(self, query_id: str | int, q: dict[str, Any], fp: float) -> dict[str, Any]:
+        assert self.noise is not None
+        rec: dict[str, Any] = {
+            "v": LEDGER_VERSION, "kind": "charge", "run_id": self.run_id, "query_id": query_id,
+            "noise": self.noise.to_dict(), "mechanism": self.noise.name, "tau": q["tau"],
+            "tau_effective": q["tau_effective"], "num_holders": q["num_holders"],
+            "expected_holders": q["expected_holders"], "failure_probability": fp,
+            "time": time.time(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._write(rec)
+        self._apply(rec)
+        return rec
+
     # -- Opacus-style state
     def state_dict(self, destination: dict | None = None) -> dict[str, Any]:
-        dest = self.accountant.state_dict(destination)
+        if self.publishable is not None:
+            dest = self.publishable.state_dict(destination)
+        else:
+            dest = self.accountant.state_dict(destination)
         dest["path"] = str(self.path)
         dest["run_id"] = self.run_id
         dest["delta"] = self.delta
@@ -464,6 +609,12 @@ class PrivacyLedger:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check that ``state_dict`` agrees with the ledger on disk (the file is the source of truth)."""
+        if self.publishable is not None:
+            if "taus" not in state_dict or list(state_dict["taus"]) != self.publishable.taus \
+                    or state_dict.get("mechanism") != self.publishable.mechanism.to_dict():
+                raise SpeedError("state_dict disagrees with the privacy ledger on disk; the ledger file is "
+                                 "authoritative")
+            return
         other = PrivacyAccountant(state_dict.get("moments", self.accountant.moments))
         other.load_state_dict(state_dict)
         if other.history != self.accountant.history:
