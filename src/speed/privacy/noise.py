@@ -41,6 +41,7 @@ owner's ledger folds into δ (docs/privacy.md).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -201,6 +202,7 @@ def sample_lattice_shares(
 _POISSON_MAX_MEAN = 1e6  # per-holder means are a few units; refuse absurd tables
 
 
+@functools.lru_cache(maxsize=32)
 def _poisson_tables(mu: float) -> tuple[np.ndarray, np.ndarray]:
     """CDF(k) = Pr[X ≤ k] and SF(k) = Pr[X > k] for k = 0..n−1, SF(n−1) = 0 in float64.
 
@@ -216,6 +218,8 @@ def _poisson_tables(mu: float) -> tuple[np.ndarray, np.ndarray]:
         n *= 2  # pragma: no cover (the first table always reaches the underflow)
     cdf = np.maximum.accumulate(special.pdtr(k, mu))
     sf = np.minimum.accumulate(sf)
+    cdf.setflags(write=False)  # cached: shared by every call with this mean
+    sf.setflags(write=False)
     return cdf, sf
 
 
