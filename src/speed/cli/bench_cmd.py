@@ -6,7 +6,6 @@ import argparse
 
 from speed.cli import options as opt
 from speed.cli.report import dump_json, print_sections
-from speed.crypto.seeded import PAD_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     he.add_argument("--batch-size", type=opt.positive_int, default=1, help="queries per circuit call")
     he.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ of the noise")
     he.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote")
-    he.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
+    he.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
                     help="shared (default): one pad per batch, its bodies split among the holders and summed by "
                          "the server before the circuit; seeded: one seeded pad per holder, summed in the circuit; "
                          "encode: holders run encode")

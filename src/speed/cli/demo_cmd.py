@@ -7,7 +7,6 @@ import sys
 
 from speed.cli import options as opt
 from speed.cli.report import dump_json, print_sections
-from speed.crypto.seeded import PAD_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
     p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
     p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
-    p.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
+    p.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
                    help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; "
                         "default), seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")
     p.add_argument("--seed", type=opt.seed, default=0, help="seed for splits, teachers and seeded noise")

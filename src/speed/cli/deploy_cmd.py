@@ -22,7 +22,6 @@ from pathlib import Path
 
 from speed.cli import options as opt
 from speed.cli.report import dump_json
-from speed.crypto.seeded import PAD_MODES
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +38,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
     g.add_argument("--seed", type=opt.seed, default=0, help="splits, queries and seeded noise streams (default 0)")
     g.add_argument("--production-noise", action="store_true", help="holders draw noise from the OS CSPRNG")
-    g.add_argument("--pad-mode", choices=list(PAD_MODES), default="shared",
+    g.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
                    help="how holders encrypt: shared (an 8-byte share per value of one pad per batch, summed by the "
                         "server; default), seeded (one seeded pad each), encode (encode with the evaluation keys)")
     g.add_argument("--min-holders", type=opt.nonnegative_int, default=0,

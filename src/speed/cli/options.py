@@ -29,6 +29,9 @@ from typing import Any, Callable
 
 from speed.errors import InputError
 
+#: How holders encrypt (speed.crypto.seeded.PAD_MODES, repeated here so that parsing does not
+#: import the crypto stack, which takes a second; tests/test_cli_errors.py checks they agree).
+PAD_MODES = ("seeded", "encode", "shared")
 #: Largest γ accepted.  Beyond it one query costs ε > 2·10⁶ (no privacy at all), and the
 #: paper's Gamma-noise accountant loses all precision from γ ≈ 10⁹ (ε₁ = 0, ε₂ = nan).
 MAX_GAMMA = 1e6

@@ -16,11 +16,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from speed.crypto.seeded import PAD_MODES, aggregate_input_for
-from speed.crypto.spec import CircuitSpec, choose_noise_bound
+from speed.cli.options import PAD_MODES
 from speed.errors import InputError
+
+if TYPE_CHECKING:
+    from speed.crypto.spec import CircuitSpec
 
 #: Flower App name / publisher (the FAB id is ``speed/speed-deploy``).
 APP_NAME = "speed-deploy"
@@ -137,6 +139,11 @@ class DeployConfig:
 
     def circuit_spec(self, num_classes: int) -> CircuitSpec:
         """The circuit the owner compiles (same rule as :mod:`speed.pipeline`)."""
+        # imported here: the crypto stack (scipy) takes a second, and `speed deploy` checks its
+        # options before it needs it
+        from speed.crypto.seeded import aggregate_input_for
+        from speed.crypto.spec import CircuitSpec, choose_noise_bound
+
         bound = choose_noise_bound(self.holders, num_classes, self.noise_scale, self.resolution, self.noise_failure)
         return CircuitSpec(
             num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=self.resolution,
