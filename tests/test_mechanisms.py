@@ -124,6 +124,8 @@ def test_skellam_sum_law(tau):
     z, logp, tail = m.support(tau)
     assert math.fsum(np.exp(logp)) + tail == pytest.approx(1.0, abs=1e-14)
     assert tail < math.exp(-45)
+    with pytest.raises(InputError, match="integer"):
+        m.sum_log_pmf(0.5)
 
 
 def test_lattice_and_gamma_sum_laws():

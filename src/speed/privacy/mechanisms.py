@@ -165,7 +165,8 @@ class Mechanism:
         return mech
 
     # ------------------------------------------------------------ truncated support
-    def support(self, tau: float = 1.0, log_tail: float = _DEFAULT_LOG_TAIL) -> tuple[np.ndarray, np.ndarray, float]:
+    def support(self, tau: float = 1.0,
+                log_tail: float = _DEFAULT_LOG_TAIL) -> tuple[np.ndarray, np.ndarray, float]:
         """(z, log Pr[S_τ = z], Pr[|S_τ| > T]) on z = −T..T, T the smallest (up to a factor)
         window whose two-sided tail is below e^{log_tail}."""
         t = _tau(tau)
@@ -207,6 +208,8 @@ class Skellam(Mechanism):
             raise InputError(f"Skellam σ = {self.sigma:g} is beyond the exact PMF's range "
                              f"(τσ² ≤ {_SKELLAM_MAX_VARIANCE:g})")
         zz = np.abs(np.asarray(z, dtype=np.float64))
+        if not np.all(np.floor(zz) == zz):
+            raise InputError("Skellam noise takes integer values: z must be integers")
         with np.errstate(divide="ignore"):
             return np.log(special.ive(zz, x))
 
