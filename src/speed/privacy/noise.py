@@ -22,8 +22,8 @@ system's CSPRNG (``os.urandom``) and is turned into samples by inversion with sc
 quantile functions (Poisson: tables of scipy's regularised incomplete gamma
 ``pdtr``/``pdtrc``, relative-accurate in both tails, :func:`os_poisson`).  The inversion
 is *two-sided*: a fair bit picks the lower or upper half and ``V`` uniform on (0, 1/2]
-is drawn with full floating-point relative precision (random exponent + 52-bit mantissa, :func:`os_half_uniform`), then the sample is
-``ppf(V)`` or ``isf(V)``.  Every value, however far in a tail, is thus drawn with
+is drawn with full floating-point relative precision (random exponent + 52-bit mantissa,
+:func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``.  Every value, however far in a tail, is thus drawn with
 probability correct to ~1e−15 *relative* error (scipy's incomplete gamma/beta
 inverses), instead of the absolute 2^−53 granularity of ``ppf(U)`` that would silently
 cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
