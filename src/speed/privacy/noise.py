@@ -23,9 +23,9 @@ quantile functions (Poisson: tables of scipy's regularised incomplete gamma
 ``pdtr``/``pdtrc``, relative-accurate in both tails, :func:`os_poisson`).  The inversion
 is *two-sided*: a fair bit picks the lower or upper half and ``V`` uniform on (0, 1/2]
 is drawn with full floating-point relative precision (random exponent + 52-bit mantissa,
-:func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``.  Every value, however far in a tail, is thus drawn with
-probability correct to ~1e−15 *relative* error (scipy's incomplete gamma/beta
-inverses), instead of the absolute 2^−53 granularity of ``ppf(U)`` that would silently
+:func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``.  Every value,
+however far in a tail, is thus drawn with probability correct to ~1e−15 *relative* error
+(scipy's incomplete gamma/beta inverses), instead of the absolute 2^−53 granularity of ``ppf(U)`` that would silently
 cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
 seeded experiment mode (reproducible, NOT for production); :func:`holder_generators`
 gives each holder an independent stream via ``SeedSequence.spawn``.
@@ -287,7 +287,8 @@ def sample_skellam_shares(
         y = os_poisson(mu, shape)
     elif isinstance(rng, (list, tuple)):
         if len(rng) != n_rows:
-            raise ValueError(f"got {len(rng)} generators for {n_rows} rows of shares (one per holder)")
+            raise ValueError(f"got {len(rng)} generators for {n_rows} rows of shares "
+                             "(one per holder)")
         pair = np.stack([g.poisson(mu, size=(2, shape[1])) for g in rng])  # (rows, 2, K)
         x, y = pair[:, 0, :], pair[:, 1, :]
     else:
