@@ -25,8 +25,8 @@ is *two-sided*: a fair bit picks the lower or upper half and ``V`` uniform on (0
 is drawn with full floating-point relative precision (random exponent + 52-bit mantissa,
 :func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``.  Every value,
 however far in a tail, is thus drawn with probability correct to ~1e−15 *relative* error
-(scipy's incomplete gamma/beta inverses), instead of the absolute 2^−53 granularity of ``ppf(U)`` that would silently
-cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
+(scipy's incomplete gamma/beta inverses), instead of the absolute 2^−53 granularity of
+``ppf(U)`` that would silently cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
 seeded experiment mode (reproducible, NOT for production); :func:`holder_generators`
 gives each holder an independent stream via ``SeedSequence.spawn``.
 
