@@ -20,15 +20,16 @@ Three families of shares, all summing *exactly* over the N holders:
 Randomness: ``rng=None`` is production mode: randomness comes from the operating
 system's CSPRNG (``os.urandom``) and is turned into samples by inversion with scipy's
 quantile functions (Poisson: tables of scipy's regularised incomplete gamma
-``pdtr``/``pdtrc``, relative-accurate in both tails, :func:`os_poisson`).  The inversion
+``pdtr``/``pdtrc``, relative-accurate in both tails, :func:`os_poisson`). The inversion
 is *two-sided*: a fair bit picks the lower or upper half and ``V`` uniform on (0, 1/2]
 is drawn with full floating-point relative precision (random exponent + 52-bit mantissa,
-:func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``.  Every value,
+:func:`os_half_uniform`), then the sample is ``ppf(V)`` or ``isf(V)``. Every value,
 however far in a tail, is thus drawn with probability correct to ~1e−15 *relative* error
 (scipy's incomplete gamma/beta inverses), instead of the absolute 2^−53 granularity of
-``ppf(U)`` that would silently cut the noise's tails (and its DP guarantee).  Passing a ``numpy.random.Generator`` is
-seeded experiment mode (reproducible, NOT for production); :func:`holder_generators`
-gives each holder an independent stream via ``SeedSequence.spawn``.
+``ppf(U)`` that would silently cut the noise's tails (and its DP guarantee). Passing a
+``numpy.random.Generator`` is seeded experiment mode (reproducible, NOT for production);
+:func:`holder_generators` gives each holder an independent stream via
+``SeedSequence.spawn``.
 
 Range of the encrypted circuit: no holder can clip the noise (each sees only its own
 share), so the circuit's range must hold the whole sum.  Choose the noise bound A with
