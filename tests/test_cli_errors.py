@@ -44,6 +44,7 @@ CASES: dict[str, tuple[str, str]] = {
     "demo-ledger-dir": ("demo --ledger {dir}", "is a directory"),
     "demo-ledger-under-file": ("demo --ledger {file}/ledger.jsonl", "--ledger"),
     "demo-cache-dir-file": ("demo --cache-dir {file}", "--cache-dir"),
+    "demo-ledger-corrupted": ("demo --ledger {bad_ledger}", "is corrupted at line 1"),
     "demo-budget-first-batch": ("demo --holders 5 --queries 10 --max-epsilon 1", "--max-epsilon 1: the first batch"),
     # speed privacy
     "privacy-no-gamma": ("privacy", "--gamma is required"),
@@ -112,7 +113,7 @@ CASES: dict[str, tuple[str, str]] = {
 }
 
 #: Cases refused only after loading the dataset (pool size, training-set size, budget) or torch.
-SLOW_CASES = {"demo-queries-beyond-pool", "demo-holders-beyond-train", "demo-budget-first-batch",
+SLOW_CASES = {"demo-queries-beyond-pool", "demo-holders-beyond-train", "demo-budget-first-batch", "demo-ledger-corrupted",
               "deploy-local-queries-beyond-pool", "reproduce-device-nonsense", "reproduce-model",
               "reproduce-data-dir-missing"}
 
@@ -130,7 +131,9 @@ def results(tmp_path_factory):
     (base / "dir").mkdir()
     (base / "file").write_text("not a .npy array\n")
     np.save(base / "table_k7.npy", np.full((20, 3), 7, dtype=np.int64))
-    places = {"dir": base / "dir", "file": base / "file", "table_k7": base / "table_k7.npy"}
+    (base / "ledger.jsonl").write_text("not a ledger record\n")
+    places = {"dir": base / "dir", "file": base / "file", "table_k7": base / "table_k7.npy",
+              "bad_ledger": base / "ledger.jsonl"}
     env = {**os.environ, "SPEED_CACHE_DIR": str(base / "cache")}
 
     def run(case_id: str) -> subprocess.CompletedProcess:
@@ -212,3 +215,22 @@ def test_pad_modes_match_the_crypto_layer():
     from speed.crypto.seeded import PAD_MODES as CRYPTO_PAD_MODES
 
     assert PAD_MODES == CRYPTO_PAD_MODES
+
+
+@pytest.mark.parametrize("device, ok", [
+    ("cpu", True), ("cuda", True), ("cuda:1", True), ("cuda:2", False), ("mps", False), ("meta", False),
+    ("nonsense", False), ("cuda:x", False),
+])
+def test_torch_device_is_checked_against_the_devices_torch_sees(monkeypatch, device, ok):
+    torch = pytest.importorskip("torch")
+    from speed.cli.options import check_torch_device
+    from speed.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if ok:
+        assert check_torch_device(device) == device
+    else:
+        with pytest.raises(InputError, match="--device"):
+            check_torch_device(device)

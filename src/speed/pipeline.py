@@ -102,7 +102,8 @@ def failure_probability_per_query(spec: CircuitSpec, scale: float) -> float:
 
 
 def refuse_unanswerable(config: RunConfig) -> None:
-    """Refuse, before any work, a run whose budget cannot pay for even its first batch.
+    """Refuse, before any work, a run whose budget cannot pay for even its first batch (or whose
+    ledger is corrupted).
 
     The owner charges the ledger one batch at a time, before releasing its labels, and stops
     at the first batch the budget cannot pay for; if that is the first one, nothing would be
@@ -110,15 +111,15 @@ def refuse_unanswerable(config: RunConfig) -> None:
     data-independent ε (it depends only on γ, τ, P and the number of queries) on top of what
     the ledger at ``config.ledger`` already holds (read-only here; the run opens it later).
     """
-    if config.max_epsilon is None:
-        return
     from speed.privacy.ledger import PrivacyAccountant, PrivacyLedger
 
     path = Path(config.ledger) if config.ledger else None
-    if path is not None and path.exists():
+    if path is not None and path.exists():  # also refuses a corrupted ledger before any work
         accountant = PrivacyLedger(path, delta=config.delta, read_only=True).accountant
     else:
         accountant = PrivacyAccountant()
+    if config.max_epsilon is None:
+        return
     first = min(config.batch_size, config.queries)
     spent = accountant.get_epsilon(config.delta) if accountant.num_queries else 0.0
     projected = accountant.projected_epsilon(config.delta, gamma=config.gamma, tau=config.tau, mechanism="lattice",
