@@ -234,3 +234,25 @@ def test_torch_device_is_checked_against_the_devices_torch_sees(monkeypatch, dev
     else:
         with pytest.raises(InputError, match="--device"):
             check_torch_device(device)
+
+
+def test_budget_projection_counts_what_the_ledger_holds(tmp_path):
+    """speed demo refuses before training only when not even its first batch fits the budget."""
+    from dataclasses import replace
+
+    from speed.errors import BudgetExhaustedError
+    from speed.pipeline import RunConfig, refuse_unanswerable
+    from speed.privacy import PrivacyLedger
+
+    path = tmp_path / "ledger.jsonl"
+    with PrivacyLedger(path, run_id="earlier", gamma=0.5, tau=1.0, mechanism="lattice", resolution=1) as led:
+        led.record(0)
+        led.record(1)  # ε = 2 (2γ per query)
+    config = RunConfig(holders=3, queries=4, batch_size=2, gamma=0.5, max_epsilon=2.5, ledger=str(path))
+    with pytest.raises(BudgetExhaustedError, match="from 2 to 4 .*already holds 2 queries"):
+        refuse_unanswerable(config)
+    refuse_unanswerable(replace(config, max_epsilon=4.0))  # the first batch fits (the second would not)
+    refuse_unanswerable(replace(config, ledger=str(tmp_path / "new.jsonl")))  # a fresh ledger: 2 ≤ 2.5
+    assert not (tmp_path / "new.jsonl").exists()  # nothing created by the check
+    with pytest.raises(BudgetExhaustedError, match="first batch of 2 queries"):
+        refuse_unanswerable(replace(config, ledger=None, max_epsilon=1.5))

@@ -125,11 +125,11 @@ def refuse_unanswerable(config: RunConfig) -> None:
     projected = accountant.projected_epsilon(config.delta, gamma=config.gamma, tau=config.tau, mechanism="lattice",
                                              resolution=config.resolution, num_queries=first)
     if projected > config.max_epsilon:
-        where = f" (ledger {path} holds {accountant.num_queries} queries, ε = {spent:.4g})" if spent else ""
+        held = f", ledger {path} already holds {accountant.num_queries} queries" if accountant.num_queries else ""
         raise BudgetExhaustedError(
-            f"--max-epsilon {config.max_epsilon:g}: the first batch of {first} queries would spend "
-            f"ε = {projected:.4g}{where} (data-independent, γ = {config.gamma:g}, τ = {config.tau:g}, "
-            f"δ = {config.delta:g}); no query could be labelled, so nothing was trained"
+            f"--max-epsilon {config.max_epsilon:g}: the first batch of {first} queries would raise the "
+            f"data-independent ε from {spent:.4g} to {projected:.4g} (γ = {config.gamma:g}, τ = {config.tau:g}, "
+            f"δ = {config.delta:g}{held}); no query could be labelled, so nothing was trained"
         )
 
 
