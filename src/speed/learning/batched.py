@@ -81,6 +81,21 @@ def pad_shards(features: np.ndarray, labels: np.ndarray, shards, dtype=np.float3
     return x, y, mask
 
 
+class _PerTeacherLinear(torch.autograd.Function):
+    """baddbmm(b, x, W) whose backward reads a contiguous copy of xᵀ (T, D, n) made once per fit:
+    autograd's default grad_W = bmm(xᵀ view, grad) is ~1.5x slower on a strided xᵀ."""
+
+    @staticmethod
+    def forward(ctx, x, xt, weight, bias):  # noqa: D401
+        ctx.save_for_backward(xt)
+        return torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (xt,) = ctx.saved_tensors
+        return None, None, torch.bmm(xt, grad), grad.sum(dim=1, keepdim=True)
+
+
 class BatchedLinearTeachers:
     """T linear heads on D features for K classes: ``weight`` (T, D, K), ``bias`` (T, 1, K)."""
 
@@ -128,9 +143,18 @@ class BatchedLinearTeachers:
         return out.permute(1, 0, 2) + self.bias
 
     # ---------------------------------------------------------------- training
-    def loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight_decay: float) -> torch.Tensor:
-        """Sum over teachers of (mean cross-entropy over the teacher's examples + wd/2 ‖W_t‖²)."""
-        z = self.logits(x)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight_decay: float,
+             xt: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over teachers of (mean cross-entropy over the teacher's examples + wd/2 ‖W_t‖²).
+
+        ``xt``: optional contiguous ``x.transpose(1, 2)`` for per-teacher inputs (faster backward).
+        """
+        if xt is not None and x.ndim == 3:
+            if tuple(x.shape[::2]) != (self.num_teachers, self.dim):
+                raise InputError(f"inputs must be ({self.num_teachers}, n, {self.dim}), got {tuple(x.shape)}")
+            z = _PerTeacherLinear.apply(x, xt, self.weight, self.bias)
+        else:
+            z = self.logits(x)
         ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), reduction="none").reshape(y.shape)
         m = mask.to(ce.dtype)
         per_teacher = (ce * m).sum(dim=1) / m.sum(dim=1)
@@ -162,6 +186,7 @@ class BatchedLinearTeachers:
               else torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=self.weight.device))
         if mt.shape != yt.shape or bool((mt.sum(dim=1) == 0).any()):
             raise InputError("mask must match the labels' shape and keep >= 1 example per teacher")
+        xt_T = xt.transpose(1, 2).contiguous() if xt.ndim == 3 else None
         opt = torch.optim.Adam([self.weight, self.bias], lr=config.lr)
         path = Path(checkpoint) if checkpoint is not None else None
         if path is not None:
@@ -179,7 +204,7 @@ class BatchedLinearTeachers:
             for _ in range(max(0, todo)):
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                loss = self.loss(xt, yt, mt, config.weight_decay)
+                loss = self.loss(xt, yt, mt, config.weight_decay, xt_T)
                 loss.backward()
                 opt.step()
                 self.steps_done += 1
