@@ -154,6 +154,23 @@ def check_max_epsilon(value: Any, option: str = "--max-epsilon") -> float:
                        requirement="the budget on ε must be a positive finite number")
 
 
+#: Skellam noise: σ up to ~31,600 (τσ² ≤ 1e9, where scipy's Bessel functions stay accurate).
+MAX_SIGMA = 31_000.0
+#: A target ε above this is no privacy at all; calibration searches noise in a finite range.
+MAX_TARGET_EPSILON = 1_000.0
+MECHANISMS = ("skellam", "lattice", "gamma", "laplace")  # speed.privacy.mechanisms registry
+
+
+def check_sigma(value: Any, option: str = "--sigma") -> float:
+    return check_float(value, option, low=0.0, low_open=True, high=MAX_SIGMA,
+                       requirement=f"σ (the Skellam noise's standard deviation) must be a positive finite number ≤ {MAX_SIGMA:g}")
+
+
+def check_target_epsilon(value: Any, option: str = "--target-epsilon") -> float:
+    return check_float(value, option, low=0.0, low_open=True, high=MAX_TARGET_EPSILON,
+                       requirement=f"the target ε must be a positive finite number ≤ {MAX_TARGET_EPSILON:g}")
+
+
 def check_resolution(value: Any, option: str = "--resolution") -> int:
     return check_int(value, option, 1, MAX_RESOLUTION)
 
@@ -299,6 +316,8 @@ fraction = _type(check_tau, "fraction")  # τ: (0, 1]
 probability = _type(check_delta, "probability")  # δ: (0, 1)
 max_epsilon = _type(check_max_epsilon, "max_epsilon")
 resolution = _type(check_resolution, "resolution")
+sigma = _type(check_sigma, "sigma")
+target_epsilon = _type(check_target_epsilon, "target_epsilon")
 seed = _type(check_seed, "seed")
 moments = int_range(1, MAX_MOMENTS)
 classes = int_range(2, MAX_CLASSES)

@@ -1,6 +1,11 @@
-"""``speed privacy``: per-query ε, total ε of a set of answered queries, or a ledger's running ε.
+"""``speed privacy``: publishable ε of a plan, noise calibration, per-query ε of the paper's
+analysis, total ε of a set of answered queries, or a ledger's running ε.
 
 Examples::
+
+    speed privacy --mechanism skellam --sigma 40 --queries 500 --tau 1 0.9 0.7 --delta 1e-5
+    speed privacy calibrate --target-epsilon 4 --queries 500 --delta 1e-5 --tau 1 --json
+    speed privacy --mechanism laplace --gamma 3.3 --queries 500     # the paper's noise, publishable ε
 
     speed privacy --gamma 3.3 --tau 1 0.9 0.7
     speed privacy --counts votes.npy --gamma 3.3 --tau 0.9 --delta 1e-5
@@ -38,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--ledger, the running ε of an owner's privacy ledger."
         ),
     )
+    p.add_argument("action", nargs="?", choices=("calibrate",),
+                   help="calibrate: the least noise whose publishable ε meets --target-epsilon "
+                   "for --queries queries")
+    p.add_argument("--sigma", type=opt.sigma, help="σ of the Skellam noise (per class, all N shares)")
+    p.add_argument("--queries", type=opt.int_range(1, 1_000_000),
+                   help="number of answered queries: prints the publishable ε (PLD accounting)")
+    p.add_argument("--target-epsilon", type=opt.target_epsilon,
+                   help="with `calibrate`: the publishable ε to meet at --delta")
     p.add_argument("--gamma", type=opt.gamma, help="γ = 1/λ, inverse Laplace scale of the full noise")
     p.add_argument("--tau", type=opt.fraction, nargs="+", default=[1.0],
                    help="fraction(s) of holders whose noise stays secret, in (0, 1] (default 1)")
@@ -45,8 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
     p.add_argument("--moments", type=opt.moments, default=25,
                    help=f"highest moment order L, 1..{opt.MAX_MOMENTS} (default 25)")
-    p.add_argument("--mechanism", choices=("gamma", "lattice"), default="gamma",
-                   help="gamma: the paper's continuous analysis; lattice: the encrypted pipeline's noise")
+    p.add_argument("--mechanism", choices=opt.MECHANISMS, default=None,
+                   help="skellam: distributed Skellam shares (default with --sigma and calibrate); "
+                   "lattice: discrete Laplace shares of the encrypted pipeline; gamma (alias laplace): "
+                   "the paper's continuous Gamma shares (default with --gamma)")
     p.add_argument("--resolution", type=opt.resolution, help="lattice steps per vote P (with --mechanism lattice)")
     p.add_argument("--ledger", type=opt.existing_file, help="print the running ε of this privacy ledger (read-only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -177,6 +192,16 @@ def _ledger(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    if isinstance(spent.get("mechanism"), dict):  # a ledger of a noise mechanism object: PLD accounting
+        noise = spent["mechanism"]
+        params = ", ".join(f"{k} = {v:g}" for k, v in noise.items() if k != "mechanism")
+        _print_table(
+            f"ledger {args.ledger}: {spent['num_queries']} queries, {noise['mechanism']} ({params}), "
+            f"δ = {spent['delta']:g}, δ_total = {spent['delta_total']:.3g}",
+            ["quantity", "value", "publishable"], [["ε (PLD)", spent["epsilon"], "yes"]],
+            None if not spent.get("plan") else f"plan: {spent['plan']}",
+        )
+        return 0
     rows = [["data-independent ε", spent["epsilon"], "yes"]]
     if spent.get("data_dependent") is not None:
         rows.append(["data-dependent ε (simulation)", spent["data_dependent"], "no"])
@@ -188,9 +213,91 @@ def _ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _noise_of(args: argparse.Namespace, mechanism: str) -> Any:
+    """The mechanism object the options describe (σ for Skellam, γ and P for the Laplace ones)."""
+    from speed.privacy.mechanisms import mechanism_from_name
+
+    if mechanism == "skellam":
+        if args.sigma is None:
+            raise InputError("--mechanism skellam needs --sigma σ")
+        if args.gamma is not None or args.resolution is not None:
+            raise InputError("--gamma and --resolution do not apply to --mechanism skellam (give --sigma)")
+        return mechanism_from_name("skellam", sigma=args.sigma)
+    if args.sigma is not None:
+        raise InputError(f"--sigma applies to --mechanism skellam, not {mechanism}")
+    if args.gamma is None:
+        raise InputError(f"--mechanism {mechanism} needs --gamma γ (= 1/λ)")
+    if mechanism == "lattice":
+        return mechanism_from_name("lattice", gamma=args.gamma, resolution=args.resolution or 1)
+    if args.resolution is not None:
+        raise InputError("--resolution only applies with --mechanism lattice")
+    return mechanism_from_name("gamma", gamma=args.gamma)
+
+
+def _publishable(args: argparse.Namespace, mechanism: str) -> int:
+    """Publishable ε of ``--queries`` answered queries per τ (PLD accounting, docs/privacy.md)."""
+    from speed.privacy.pld import publishable_epsilon, rdp_epsilon
+
+    noise = _noise_of(args, mechanism)
+    out = []
+    for tau in args.tau:
+        eps = publishable_epsilon(noise, args.queries, args.delta, tau)
+        if math.isnan(eps):
+            raise InputError(f"the publishable ε is not a number for {noise.to_dict()} at τ = {tau:g}")
+        rdp = rdp_epsilon(noise, args.queries, args.delta, tau) if mechanism != "gamma" else None
+        out.append({"epsilon": eps, "delta": args.delta, "mechanism": noise.to_dict(), "tau": tau,
+                    "queries": args.queries, "accounting": "PLD (dp_accounting, pessimistic)",
+                    "rdp_epsilon_cross_check": rdp, "publishable": True})
+    if args.json:
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+        return 0
+    params = ", ".join(f"{k} = {v:g}" for k, v in noise.params().items())
+    _print_table(f"publishable ε of {args.queries} queries, {noise.name} ({params}), δ = {args.delta:g}",
+                 ["τ", "publishable ε (PLD)", "RDP cross-check (looser)"],
+                 [[f"{r['tau']:g}", r["epsilon"], r["rdp_epsilon_cross_check"]] for r in out],
+                 "τ: fraction of holders whose noise share stayed secret (collusion-aware).")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace, mechanism: str) -> int:
+    """Least noise whose publishable ε is at most ``--target-epsilon`` (like Opacus' noise search)."""
+    from speed.privacy.calibrate import calibrate
+
+    if args.target_epsilon is None or args.queries is None:
+        raise InputError("calibrate needs --target-epsilon E and --queries Q")
+    if args.sigma is not None or args.gamma is not None:
+        raise InputError("calibrate finds the noise: give --target-epsilon, not --sigma or --gamma")
+    if mechanism != "lattice" and args.resolution is not None:
+        raise InputError("--resolution only applies with --mechanism lattice")
+    fixed = {"resolution": args.resolution or 1} if mechanism == "lattice" else {}
+    out = []
+    for tau in args.tau:
+        noise, eps = calibrate(mechanism, args.target_epsilon, args.queries, args.delta, tau, **fixed)
+        out.append({**noise.params(), "epsilon": eps, "target_epsilon": args.target_epsilon,
+                    "delta": args.delta, "mechanism": noise.to_dict(), "tau": tau, "queries": args.queries})
+    if args.json:
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+        return 0
+    knob = "sigma" if mechanism == "skellam" else "gamma"
+    _print_table(f"least noise for publishable ε ≤ {args.target_epsilon:g} over {args.queries} queries, "
+                 f"δ = {args.delta:g} ({mechanism})",
+                 ["τ", "σ" if knob == "sigma" else "γ (= 1/λ)", "publishable ε"],
+                 [[f"{r['tau']:g}", float(r[knob]), r["epsilon"]] for r in out], None)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "calibrate":
+        return _calibrate(args, args.mechanism or "skellam")
+    if args.target_epsilon is not None:
+        raise InputError("--target-epsilon applies to `speed privacy calibrate`")
     if args.ledger is not None:
         return _ledger(args)
+    if args.queries is not None:
+        return _publishable(args, args.mechanism or ("skellam" if args.sigma is not None else "gamma"))
+    if args.sigma is not None or args.mechanism == "skellam":
+        raise InputError("Skellam noise is accounted over --queries Q (give --queries)")
+    args.mechanism = "gamma" if args.mechanism in (None, "laplace") else args.mechanism
     if args.gamma is None:
         raise InputError("--gamma is required (γ = 1/λ), unless --ledger is given")
     if args.mechanism == "lattice" and args.resolution is None:
