@@ -182,3 +182,26 @@ def test_batch_error_budget_is_per_query():
     assert ten.call_p_error < 10 * 1e-9
     assert ten.per_query_p_error(ten.call_p_error) == pytest.approx(1e-9, rel=1e-9)
     assert ten.per_query_p_error(1e-8) < 1e-8 / 10 * (1 + 1e-8)
+
+
+@pytest.mark.parametrize("check", ["total", "classes"])
+def test_range_check_bootstraps_and_honest_extremes(check):
+    """K = 10, N = 250 at the paper's noise: the range check costs what the spec says (138 and 229
+    PBS per query against 129), and honest sums at the extremes of the range pass it (simulation;
+    out-of-range sums need real encryption: tests/test_integrity.py)."""
+    from speed.bench.he import paper_spec
+
+    spec = paper_spec(250, 10, aggregate_input="sum", range_check=check, batch_size=4)
+    module = compile_module(spec, simulate=True)
+    assert module.aggregate.statistics["programmable_bootstrap_count"] == spec.batch_size * spec.bootstraps_per_query
+    assert spec.bootstraps_per_query == {"total": 138, "classes": 229}[check]
+    a, n, k = spec.noise_bound, spec.num_holders, spec.num_classes
+    sums = np.full((4, k), -a, dtype=np.int64)
+    sums[0, 3] = n + a  # one class at N·P + A, the others at −A
+    sums[1] = a
+    sums[1, 0] = n + a  # total N·P + K·A
+    sums[2, 9] = n - a  # total N·P − K·A
+    sums[3] = 25 + np.arange(k) % 3 - 1  # near ties around N/K
+    label, passed = module.aggregate.simulate(sums)
+    np.testing.assert_array_equal(label, reference_argmax(sums))
+    np.testing.assert_array_equal(passed, spec.range_check_passed)

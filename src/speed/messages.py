@@ -35,12 +35,14 @@ class Message:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data)
+        optional = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        missing = names - optional - set(data)
         if missing:
             raise InputError(f"{cls.__name__} message lacks fields {sorted(missing)}")
-        kwargs = {n: data[n] for n in names}
+        kwargs = {n: data[n] for n in names if n in data}
         for f in dataclasses.fields(cls):
-            if isinstance(kwargs[f.name], list):
+            if isinstance(kwargs.get(f.name), list):
                 kwargs[f.name] = tuple(kwargs[f.name])
         return cls(**kwargs)
 
@@ -115,10 +117,12 @@ class EncryptedVote(Message):
 
 @dataclass(frozen=True)
 class EncryptedLabels(Message):
-    """The server's encrypted argmax (one label index per query of the batch)."""
+    """The server's encrypted argmax (one label index per query of the batch) and, when the circuit
+    has a range check (``CircuitSpec.range_check``), its encrypted result in ``check``."""
 
     batch_id: int
     query_ids: tuple[int, ...]
     holder_ids: tuple[int, ...]
     keyset_id: str
     data: bytes
+    check: bytes = b""

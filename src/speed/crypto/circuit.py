@@ -161,13 +161,50 @@ def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
     return tournament_argmax(spec, fhe, class_sums)
 
 
+def range_check_flags(spec: CircuitSpec, fhe, class_sums):
+    """Traced range check of class sums (B, K) -> (B,) encrypted counts of checks passed: K for
+    ``"classes"``, 1 for ``"total"`` (:attr:`CircuitSpec.range_check_passed`); the owner refuses a
+    query whose count decrypts to anything else.
+
+    Values outside the compiled range give wrong results silently, so the check reads only the top
+    bits of a shifted value, in the w-bit plaintext space the sums live in: ``u = x − low`` lies in
+    ``[0, 2^j)`` iff ``truncate_bit_pattern(u, j)`` (a floor to a multiple of 2^j, exact) is 0.  The
+    hint makes concrete build the test's table over all w bits (it would otherwise size it from the
+    inputset, where the truncation is always 0, and drop the test).  A passed test is a 1, not a 0:
+    concrete keeps one padding bit above the w bits, and a bootstrap whose input has it set returns
+    the table's value negated, so a value pushed there gives 0 or −1, never a pass.
+
+    * ``"classes"``: ``u_k = c_k + A`` with j = w − 1, per class: every c_k in [−A, −A + 2^{w−1}),
+      which holds [−A, N·P + A] and keeps every difference the argmax takes inside w signed bits,
+      so a query that passes has the exact argmax of the sums it computed on.
+    * ``"total"``: ``u = Σ_k c_k − (N·P − K·A)`` with j = :attr:`CircuitSpec.total_check_bits`: the
+      total of the noisy sums within N·P ± K·A (and the 2^j − 2·K·A − 1 above).  One value per
+      query, so cheap; a change that keeps the total (+e on one class, −e on another) passes.
+    """
+    width = spec.difference_width
+    if spec.range_check == "classes":
+        high = fhe.truncate_bit_pattern(class_sums + spec.noise_bound, lsbs_to_remove=width - 1)
+        return np.sum(fhe.hint(high, bit_width=width) == 0, axis=1)
+    low = spec.num_holders * spec.resolution - spec.num_classes * spec.noise_bound
+    high = fhe.truncate_bit_pattern(np.sum(class_sums, axis=1) - low, lsbs_to_remove=spec.total_check_bits)
+    return fhe.hint(high, bit_width=width) == 0
+
+
+def _outputs(spec: CircuitSpec, fhe, class_sums):
+    """``aggregate``'s outputs: the labels, and with a range check (label, flags)."""
+    label = argmax_from_sums(spec, fhe, class_sums)
+    if spec.range_check == "off":
+        return label
+    return label, range_check_flags(spec, fhe, class_sums)
+
+
 def _aggregate_function(spec: CircuitSpec, fhe):
     """A Python function with one named parameter per holder (concrete reads the signature), or,
     for ``aggregate_input="sum"``, one parameter: the encrypted class sums (B, K)."""
     if spec.aggregate_input == "sum":
 
         def aggregate(v0):  # v0: the class sums Σ_i v_i, shape (B, K)
-            return argmax_from_sums(spec, fhe, v0)
+            return _outputs(spec, fhe, v0)
 
         return aggregate
 
@@ -175,7 +212,7 @@ def _aggregate_function(spec: CircuitSpec, fhe):
         class_sums = votes[0]
         for vote in votes[1:]:
             class_sums = class_sums + vote
-        return argmax_from_sums(spec, fhe, class_sums)
+        return _outputs(spec, fhe, class_sums)
 
     names = ", ".join(f"v{i}" for i in range(spec.num_holders))
     namespace = {"body": body}
@@ -229,6 +266,12 @@ def inputsets(spec: CircuitSpec, seed: int = 0) -> dict[str, list]:
         return votes
 
     samples = [extreme(0), extreme(k - 1)]
+    if spec.range_check == "total":  # the total's extremes N·P ± K·A: every class at ±A around its votes
+        for sign in (1, -1):
+            votes = np.zeros((n, b, k), dtype=np.int64)
+            votes[:, :, 0] = p
+            votes[0] += sign * a
+            samples.append(votes)
     # single holders at the share bound ±S, compensated so the sums stay in range
     clipped = np.zeros((n, b, k), dtype=np.int64)
     clipped[0] = -spec.share_bound

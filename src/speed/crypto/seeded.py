@@ -55,6 +55,28 @@ def pad_mode_for(spec) -> str:
     return "shared" if spec.aggregate_input == "sum" else "seeded"
 
 
+def message_sizes(pad_mode: str, pad_layout: dict) -> dict[str, int]:
+    """Exact byte lengths of a pad, a vote and (shared pads) a shell under a bundle's ``pad_layout``:
+    every party refuses any other length (concrete would read a value and ignore trailing bytes).
+    Seeded: pad and vote are one seeded value; shared: 8 bytes per value for a share and a vote,
+    the shell a seeded value; encode: the sizes the owner measured at setup."""
+    if pad_mode in KEYLESS_PAD_MODES:
+        layout = SeededLayout.from_dict(pad_layout)
+        if pad_mode == "seeded":
+            return {"pad": layout.size, "vote": layout.size}
+        return {"pad": BODY_BYTES * layout.count, "vote": BODY_BYTES * layout.count, "shell": layout.size}
+    if not {"pad_bytes", "vote_bytes"} <= set(pad_layout):
+        raise InputError("an encode-mode circuit bundle must give the pad and vote sizes (pad_bytes, vote_bytes)")
+    return {"pad": int(pad_layout["pad_bytes"]), "vote": int(pad_layout["vote_bytes"])}
+
+
+def check_size(data, expected: int, what: str) -> None:
+    """Refuse ``data`` unless it is bytes of exactly ``expected`` bytes (one-line CiphertextError)."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) != expected:
+        size = len(data) if isinstance(data, (bytes, bytearray)) else type(data).__name__
+        raise CiphertextError(f"{what} has {size} bytes, expected exactly {expected}")
+
+
 SEED_BYTES = 16
 BODY_BYTES = 8
 STRIDE = SEED_BYTES + BODY_BYTES

@@ -95,6 +95,12 @@ ARGMAX_LAYOUTS = ("tournament", "all-pairs")
 #: pads, the holders' shares summed by the server outside the circuit; crypto/shared.py).
 AGGREGATE_INPUTS = ("holders", "sum")
 
+#: Encrypted range check computed next to the label (:attr:`CircuitSpec.range_check`,
+#: crypto/circuit.py :func:`~speed.crypto.circuit.range_check_flags`): "off"; "classes" (every class
+#: sum c_k inside the window [−A, −A + 2^{w−1}) that keeps every difference exact); "total" (the
+#: total Σ_k c_k inside [N·P − K·A, N·P − K·A + 2^j), j the bits of 2·K·A + 1).
+RANGE_CHECKS = ("off", "classes", "total")
+
 
 @dataclass(frozen=True)
 class CircuitSpec:
@@ -112,6 +118,7 @@ class CircuitSpec:
     relu_chunks: tuple[int, ...] = ()  # tournament: explicit chunk sizes from the LSB up (sum w − 1); () = the default rule
     glwe_dimensions: tuple[int, ...] = DEFAULT_GLWE_DIMENSIONS  # concrete's parameter search: GLWE dimensions allowed; () = any
     aggregate_input: str = "holders"  # "holders": N encrypted votes in; "sum": one encryption of the class sums
+    range_check: str = "off"  # "off", "classes" or "total": a second, encrypted output flags sums outside the range
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -131,6 +138,11 @@ class CircuitSpec:
             raise InputError(f"relu chunk sizes must be in [1, 6], got {list(self.relu_chunks)}")
         if self.aggregate_input not in AGGREGATE_INPUTS:
             raise InputError(f"aggregate_input must be one of {', '.join(AGGREGATE_INPUTS)}, got {self.aggregate_input!r}")
+        if self.range_check not in RANGE_CHECKS:
+            raise InputError(f"range_check must be one of {', '.join(RANGE_CHECKS)}, got {self.range_check!r}")
+        if self.range_check == "total" and self.total_check_bits > self.difference_width - 1:
+            raise InputError(f"range_check 'total' needs 2·K·A + 1 = {2 * self.num_classes * self.noise_bound + 1} "
+                             f"to fit in the circuit's {self.difference_width - 1} low bits; use 'classes'")
         object.__setattr__(self, "glwe_dimensions", tuple(sorted({int(g) for g in self.glwe_dimensions})))
         if not all(1 <= g <= 6 for g in self.glwe_dimensions):
             raise InputError(f"GLWE dimensions must be in [1, 6], got {list(self.glwe_dimensions)}")
@@ -165,6 +177,27 @@ class CircuitSpec:
     def difference_width(self) -> int:
         """Signed bit width of c_i − c_j; the sign test truncates all but its 2 top bits."""
         return signed_width(-self.difference_bound, self.difference_bound)
+
+    @property
+    def total_check_bits(self) -> int:
+        """``range_check="total"``: j, the bits of the total's window [N·P − K·A, N·P − K·A + 2^j)."""
+        return max(1, int(2 * self.num_classes * self.noise_bound).bit_length())
+
+    @property
+    def range_check_passed(self) -> int:
+        """What a query's range-check output decrypts to when it passes (K, 1, or 0 when off)."""
+        return {"classes": self.num_classes, "total": 1}.get(self.range_check, 0)
+
+    @property
+    def range_check_bootstraps(self) -> int:
+        """PBS per query of the range check: "classes" truncates the w − 1 low bits of each of the
+        K shifted sums and tests the rest (w PBS per class); "total" does it once on the total
+        with j low bits (j + 1 PBS)."""
+        if self.range_check == "classes":
+            return self.num_classes * self.difference_width
+        if self.range_check == "total":
+            return self.total_check_bits + 1
+        return 0
 
     @property
     def pair_count(self) -> int:
@@ -207,12 +240,14 @@ class CircuitSpec:
         Tournament: every match extracts the w bits of its difference, every match but the final
         adds one relu table per chunk, and carrying the winner's index costs
         :func:`tournament_index_tables` tables: ``(K − 1)·w + (K − 2)·chunks + index tables``
-        (129 at K = 10, N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).
+        (129 at K = 10, N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).  Plus
+        :attr:`range_check_bootstraps`.
         """
         k, w = self.num_classes, self.difference_width
         if self.argmax == "all-pairs":
-            return self.pair_count * (w - 1) + k
-        return (k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + tournament_index_tables(k)
+            return self.pair_count * (w - 1) + k + self.range_check_bootstraps
+        return ((k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + tournament_index_tables(k)
+                + self.range_check_bootstraps)
 
     def to_dict(self) -> dict:
         return asdict(self)

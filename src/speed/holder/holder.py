@@ -15,7 +15,7 @@ import numpy as np
 from speed import messages
 from speed.crypto.runtime import ClearArguments, digest, load_evaluation_keys, load_server_program, load_value
 from speed.crypto import shared
-from speed.crypto.seeded import KEYLESS_PAD_MODES, SeededLayout
+from speed.crypto.seeded import KEYLESS_PAD_MODES, SeededLayout, check_size, message_sizes
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 from speed.privacy.noise import sample_lattice_shares
@@ -81,6 +81,7 @@ class DataHolder:
         self.spec = CircuitSpec.from_dict(bundle.spec)
         self.keyset_id = keys.keyset_id if keys is not None else keyset_id
         self.pad_mode = bundle.pad_mode
+        self._sizes = message_sizes(self.pad_mode, bundle.pad_layout)  # exact lengths, every pad mode
         if self.pad_mode in KEYLESS_PAD_MODES:  # no program, no keys: Δ·v goes into the bodies (or a share)
             self._layout = SeededLayout.from_dict(bundle.pad_layout)
         else:
@@ -96,6 +97,7 @@ class DataHolder:
             raise InputError(f"pad {pad.pad_id} is for holder {pad.holder_id}, not {self.holder_id}")
         if pad.pad_id in self.used_pad_ids or pad.batch_id in self._pads:
             raise PadReuseError(f"pad {pad.pad_id} for batch {pad.batch_id} was already issued or used: refused")
+        check_size(pad.data, self._sizes["pad"], f"pad {pad.pad_id}")
         self._pads[pad.batch_id] = pad
 
     # -- per batch -------------------------------------------------------------------

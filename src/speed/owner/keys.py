@@ -61,6 +61,24 @@ class OwnerKeys:
         self._zeros = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
         self.pad_mode = pad_mode
         self.layout = self._verify_seeded_layout(server_program) if pad_mode in KEYLESS_PAD_MODES else None
+        self.encode_sizes = self._encode_sizes(server_program) if pad_mode == "encode" else None
+
+    def bundle_layout(self) -> dict:
+        """What holders and the server need to read pads and votes, as the bundle carries it: the
+        seeded layout (keyless modes) or the exact byte sizes of a pad and a vote (``encode``)."""
+        if self.layout is not None:
+            return self.layout.to_dict()
+        return dict(self.encode_sizes or {})
+
+    def _encode_sizes(self, server_program) -> dict:
+        """``encode`` mode: the exact serialized sizes of a pad and of an encoded vote (one run of
+        ``encode`` on a pad; concrete's sizes depend only on the compiled program), so that holders
+        and the server refuse any other length (trailing or missing bytes)."""
+        pad = self.new_pad(0, -1).data
+        clear = ClearArguments(server_program, "encode")
+        vote = server_program.run(load_value(pad), clear.prepare(self._zeros, 1),
+                                  evaluation_keys=self._client.evaluation_keys, function_name="encode")
+        return {"pad_bytes": len(pad), "vote_bytes": len(vote.serialize())}
 
     def _verify_seeded_layout(self, server_program) -> SeededLayout:
         """Find and check the seeded pad layout and Δ against concrete (see speed.crypto.seeded)."""
@@ -153,21 +171,44 @@ class OwnerKeys:
                                  data=shell), pads
 
     def decrypt_labels(self, labels: messages.EncryptedLabels) -> np.ndarray:
-        """Label index per query; refuses ciphertexts of another keyset or out-of-range labels."""
+        """Label index per query; refuses ciphertexts of another keyset or out-of-range labels, and,
+        with a range check (``CircuitSpec.range_check``), a batch in which a query's check failed
+        (:class:`LabelsRefusedError`; the caller has already charged the batch)."""
         if labels.keyset_id != self.keyset_id:
             raise CiphertextError(
                 f"labels of batch {labels.batch_id} were computed under keyset {labels.keyset_id}, "
                 f"not this owner's {self.keyset_id}"
             )
-        value = load_value(labels.data, f"encrypted labels of batch {labels.batch_id}")
+        checked = self.spec.range_check != "off"
+        if checked != bool(labels.check):
+            raise CiphertextError(f"labels of batch {labels.batch_id} {'lack' if checked else 'carry'} a range check "
+                                  f"(this circuit's range check: {self.spec.range_check!r})")
+        values = [load_value(labels.data, f"encrypted labels of batch {labels.batch_id}")]
+        if checked:
+            values.append(load_value(labels.check, f"encrypted range check of batch {labels.batch_id}"))
         try:
-            decrypted = self._client.decrypt(value, function_name="aggregate")
+            decrypted = self._client.decrypt(*values, function_name="aggregate")
         except Exception as exc:
             raise CiphertextError(f"labels of batch {labels.batch_id} could not be decrypted") from exc
-        out = np.atleast_1d(np.asarray(decrypted, dtype=np.int64))
+        label, check = decrypted if checked else (decrypted, None)
+        out = np.atleast_1d(np.asarray(label, dtype=np.int64))
+        real = len(labels.query_ids)
+        if check is not None:
+            passed = np.atleast_1d(np.asarray(check, dtype=np.int64))
+            failed = [int(q) for q, ok in zip(labels.query_ids, passed[:real] == self.spec.range_check_passed) if not ok]
+            if passed.shape != (self.spec.batch_size,) or failed:
+                raise LabelsRefusedError(
+                    f"batch {labels.batch_id} refused: class sums outside the compiled range for queries "
+                    f"{failed[:5]}{'...' if len(failed) > 5 else ''} (corrupted or dishonest message; the batch is charged)"
+                )
         if out.shape != (self.spec.batch_size,) or out.min() < 0 or out.max() >= self.spec.num_classes:
             raise CiphertextError(
                 f"labels of batch {labels.batch_id} decrypt to values outside [0, {self.spec.num_classes})"
                 " (foreign keyset or corrupted ciphertext)"
             )
-        return out[: len(labels.query_ids)]
+        return out[:real]
+
+
+class LabelsRefusedError(CiphertextError):
+    """The circuit's encrypted range check failed for a query of the batch: a class sum left the
+    compiled range, so its label may be wrong; the owner releases none of the batch's labels."""

@@ -40,10 +40,9 @@ class ModelOwner:
         self._shells: dict[int, messages.PadShell] = {}
 
     def circuit_bundle(self) -> messages.CircuitBundle:
-        layout = self.keys.layout.to_dict() if self.keys.layout else {}
         return messages.CircuitBundle(
             spec=self.spec.to_dict(), program=self._program_bytes, program_id=digest(self._program_bytes),
-            pad_mode=self.keys.pad_mode, pad_layout=layout,
+            pad_mode=self.keys.pad_mode, pad_layout=self.keys.bundle_layout(),
         )
 
     def evaluation_keys(self) -> messages.EvaluationKeys:

@@ -24,7 +24,7 @@ from speed.crypto.runtime import (
     load_server_program,
     load_value,
 )
-from speed.crypto.seeded import SeededLayout, check_pad_mode
+from speed.crypto.seeded import SeededLayout, check_pad_mode, check_size, message_sizes
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
 
@@ -102,6 +102,7 @@ class AggregationServer:
         self.pad_mode = bundle.pad_mode
         check_pad_mode(self.spec, self.pad_mode)
         self._layout = SeededLayout.from_dict(bundle.pad_layout) if self.pad_mode == "shared" else None
+        self._sizes = message_sizes(self.pad_mode, bundle.pad_layout)  # exact lengths, every pad mode
         self._shells: dict[int, messages.PadShell] = {}
         self.used_pad_ids: set[str] = set()
         self.batches_done = 0
@@ -117,8 +118,7 @@ class AggregationServer:
             raise InputError("receive_shell takes a PadShell message")
         if shell.keyset_id != self.keyset_id:
             raise CiphertextError(f"pad shell {shell.shell_id} belongs to keyset {shell.keyset_id}, not {self.keyset_id}")
-        if len(shell.data) != self._layout.size:
-            raise CiphertextError(f"pad shell {shell.shell_id} has {len(shell.data)} bytes, expected {self._layout.size}")
+        check_size(shell.data, self._sizes["shell"], f"pad shell {shell.shell_id}")
         current = self._shells.get(shell.batch_id)
         if shell.shell_id in self.used_pad_ids or (current is not None and (not replace or current.shell_id == shell.shell_id)):
             raise PadReuseError(f"pad shell {shell.shell_id} for batch {shell.batch_id} was already received or used: refused")
@@ -154,8 +154,7 @@ class AggregationServer:
             if vote.pad_id in self.used_pad_ids or vote.pad_id in seen or vote.pad_id in also_used:
                 raise PadReuseError(f"pad {vote.pad_id} (holder {vote.holder_id}) was already used: refused")
             seen.add(vote.pad_id)
-            if self.pad_mode == "shared":
-                shared.share_from_bytes(self._layout, vote.data, f"batch {batch.batch_id}: vote of holder {vote.holder_id}")
+            check_size(vote.data, self._sizes["vote"], f"batch {batch.batch_id}: vote of holder {vote.holder_id}")
         if self.pad_mode == "shared" and batch.batch_id not in self._shells:
             raise InputError(f"batch {batch.batch_id}: no pad shell from the owner (shared pads)")
 
@@ -208,11 +207,13 @@ class AggregationServer:
             if self.pad_mode == "shared":
                 self.used_pad_ids.add(self._shells.pop(batch.batch_id).shell_id)
             self.batches_done += 1
+            label, check = result if isinstance(result, tuple) else (result, None)  # range check: 2 outputs
             out.append(messages.EncryptedLabels(
                 batch_id=batch.batch_id,
                 query_ids=tuple(batch.query_ids),
                 holder_ids=tuple(v.holder_id for v in ordered),
                 keyset_id=self.keyset_id,
-                data=result.serialize(),
+                data=label.serialize(),
+                check=check.serialize() if check is not None else b"",
             ))
         return out
