@@ -205,3 +205,46 @@ def test_range_check_bootstraps_and_honest_extremes(check):
     label, passed = module.aggregate.simulate(sums)
     np.testing.assert_array_equal(label, reference_argmax(sums))
     np.testing.assert_array_equal(passed, spec.range_check_passed)
+
+
+@pytest.fixture(scope="module", params=[0, 2])
+def skellam_simulated(request):
+    """σ = 63 Skellam noise (integer, resolution 1): A = 450, sums in [−450, 455] (w = 11), K = 4."""
+    spec = CircuitSpec(num_holders=5, num_classes=4, noise_bound=450, batch_size=128, aggregate_input="sum",
+                       rounding_shift=request.param)
+    return spec, compile_module(spec, simulate=True)
+
+
+def test_skellam_noise_argmax_is_exact_with_and_without_rounding(skellam_simulated):
+    """Exact against numpy's argmax of the same sums rounded the same way (⌊c / 2^r⌋, lowest index
+    among ties), at the extremes of the compiled range, across rounding boundaries and at random."""
+    spec, module = skellam_simulated
+    assert spec.difference_width == 11 and spec.argmax_width == 11 - spec.rounding_shift
+    assert module.aggregate.statistics["programmable_bootstrap_count"] == spec.batch_size * spec.bootstraps_per_query
+    low, high = spec.sum_range
+    rng = np.random.default_rng(63)
+    k, b = spec.num_classes, spec.batch_size
+    cases = [np.full((b, k), low), np.full((b, k), high)]
+    extremes = np.full((b, k), low)
+    extremes[np.arange(b), rng.integers(0, k, size=b)] = high
+    cases.append(extremes)
+    edges = np.array([low, low + 1, -5, -4, -3, -1, 0, 1, 3, 4, 7, 8, high - 1, high])
+    cases.append(rng.choice(edges, size=(b, k)))  # values on both sides of rounding boundaries
+    near = rng.integers(low, high + 1, size=(b, 1)) + rng.integers(-4, 5, size=(b, k))
+    cases.append(np.clip(near, low, high))  # near ties, equal after rounding
+    cases += [rng.integers(low, high + 1, size=(b, k)) for _ in range(2)]
+    for sums in cases:
+        got = np.asarray(module.aggregate.simulate(sums))
+        np.testing.assert_array_equal(got, reference_argmax(sums, spec.rounding_shift))
+
+
+def test_rounding_shift_and_skellam_bound():
+    from speed.crypto.spec import skellam_noise_bound
+
+    assert reference_argmax(np.array([[3, 4, -1], [-5, -8, -6]]), 2).tolist() == [1, 0]  # ⌊3/4⌋ = 0 < ⌊4/4⌋; ⌊−5/4⌋ = ⌊−8/4⌋ = −2 tie
+    assert 440 <= skellam_noise_bound(63, 10) <= 480 and 195 <= skellam_noise_bound(28, 10) <= 215
+    spec = CircuitSpec(num_holders=250, num_classes=10, noise_bound=skellam_noise_bound(63, 10), rounding_shift=2)
+    assert spec.difference_width == 12 and spec.argmax_width == 10
+    assert CircuitSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(InputError, match="rounding shift"):
+        CircuitSpec(num_holders=5, num_classes=4, noise_bound=450, rounding_shift=11)

@@ -62,7 +62,7 @@ def all_pairs_argmax(spec: CircuitSpec, fhe, class_sums):
     """Traced all-pairs argmax of class sums (B, K) -> (B,) label indices (module docstring)."""
     first, second, tally, constant = _pair_matrices(spec.num_classes)
     differences = class_sums[:, first] - class_sums[:, second]
-    truncated = fhe.truncate_bit_pattern(differences, lsbs_to_remove=spec.difference_width - 2)
+    truncated = fhe.truncate_bit_pattern(differences, lsbs_to_remove=spec.argmax_width - 2)
     first_wins = truncated >= 0
     wins = first_wins @ tally + constant
     is_winner = wins == spec.num_classes - 1
@@ -100,7 +100,7 @@ def tournament_argmax(spec: CircuitSpec, fhe, class_sums):
     a few index tables (``spec.bootstraps_per_query`` counts them exactly), against K(K − 1)/2
     sign tests of w − 1 PBS for the all-pairs layout.
     """
-    width = spec.difference_width
+    width = spec.argmax_width
     chunks = spec.relu_chunk_bounds
     k = spec.num_classes
     index_bits = max(1, int(k - 1).bit_length())
@@ -154,8 +154,23 @@ def _select_index_bit(fhe, left, right, sign):
     return fhe.LookupTable([0, 1, 0, 1, 0, 0, 1, 1])[left + 2 * right + 4 * sign]
 
 
+def rounded_sums(spec: CircuitSpec, fhe, class_sums):
+    """Traced ⌊c / 2^r⌋ of class sums (B, K), r = ``spec.rounding_shift``: an exact truncation of
+    the r low bits (a floor, r PBS per value) and a table at the remaining w − r bits (concrete
+    reads a truncated value at its reduced precision) that divides by 2^r.  Rounding the noisy
+    sums is post-processing of the noisy histogram: no privacy cost."""
+    r = spec.rounding_shift
+    low, high = spec.sum_range
+    shift = -(low >> r) * 2**r  # make every value non-negative: the table's domain starts at 0
+    truncated = fhe.truncate_bit_pattern(class_sums + shift, lsbs_to_remove=r)
+    return fhe.univariate(lambda x: (x >> r) + (low >> r))(truncated)
+
+
 def argmax_from_sums(spec: CircuitSpec, fhe, class_sums):
-    """Traced argmax of class sums (B, K) -> (B,) label indices, in the spec's layout."""
+    """Traced argmax of class sums (B, K) -> (B,) label indices, in the spec's layout (of the
+    rounded sums ⌊c / 2^r⌋ when ``spec.rounding_shift`` > 0)."""
+    if spec.rounding_shift:
+        class_sums = rounded_sums(spec, fhe, class_sums)
     if spec.argmax == "all-pairs":
         return all_pairs_argmax(spec, fhe, class_sums)
     return tournament_argmax(spec, fhe, class_sums)

@@ -119,6 +119,7 @@ class CircuitSpec:
     glwe_dimensions: tuple[int, ...] = DEFAULT_GLWE_DIMENSIONS  # concrete's parameter search: GLWE dimensions allowed; () = any
     aggregate_input: str = "holders"  # "holders": N encrypted votes in; "sum": one encryption of the class sums
     range_check: str = "off"  # "off", "classes" or "total": a second, encrypted output flags sums outside the range
+    rounding_shift: int = 0  # r: the argmax of ⌊c_k / 2^r⌋ (0: of the sums themselves); post-processing
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_classes <= MAX_CLASSES:
@@ -138,6 +139,9 @@ class CircuitSpec:
             raise InputError(f"relu chunk sizes must be in [1, 6], got {list(self.relu_chunks)}")
         if self.aggregate_input not in AGGREGATE_INPUTS:
             raise InputError(f"aggregate_input must be one of {', '.join(AGGREGATE_INPUTS)}, got {self.aggregate_input!r}")
+        if not isinstance(self.rounding_shift, (int, np.integer)) or not 0 <= self.rounding_shift <= self.difference_width - 2:
+            raise InputError(f"rounding shift r must be an integer in [0, {self.difference_width - 2}], got {self.rounding_shift!r}")
+        object.__setattr__(self, "rounding_shift", int(self.rounding_shift))
         if self.range_check not in RANGE_CHECKS:
             raise InputError(f"range_check must be one of {', '.join(RANGE_CHECKS)}, got {self.range_check!r}")
         if self.range_check == "total" and self.total_check_bits > self.difference_width - 1:
@@ -179,6 +183,18 @@ class CircuitSpec:
         return signed_width(-self.difference_bound, self.difference_bound)
 
     @property
+    def argmax_difference_bound(self) -> int:
+        """Largest |⌊c_i / 2^r⌋ − ⌊c_j / 2^r⌋| inside the compiled range (the difference bound at r = 0)."""
+        low, high = self.sum_range
+        return (high >> self.rounding_shift) - (low >> self.rounding_shift)
+
+    @property
+    def argmax_width(self) -> int:
+        """Signed bit width of the differences the argmax extracts: of the rounded sums ⌊c / 2^r⌋
+        (``difference_width`` when r = 0)."""
+        return signed_width(-self.argmax_difference_bound, self.argmax_difference_bound)
+
+    @property
     def total_check_bits(self) -> int:
         """``range_check="total"``: j, the bits of the total's window [N·P − K·A, N·P − K·A + 2^j)."""
         return max(1, int(2 * self.num_classes * self.noise_bound).bit_length())
@@ -215,13 +231,13 @@ class CircuitSpec:
         at w = 10 (1.09× faster per query at K = 10, N = 250, measured; same parameters at w = 11,
         costlier at w = 7: docs/he-engine.md).
         """
-        low_bits = self.difference_width - 1
+        low_bits = self.argmax_width - 1
         if self.relu_chunks:
             if sum(self.relu_chunks) != low_bits:
                 raise InputError(f"relu chunk sizes {list(self.relu_chunks)} must add up to the "
                                  f"difference's {low_bits} low bits")
             return self.relu_chunks
-        lone = [1] if self.difference_width >= LONE_LOW_BIT_WIDTH and self.chunk_bits > 1 else []
+        lone = [1] if self.argmax_width >= LONE_LOW_BIT_WIDTH and self.chunk_bits > 1 else []
         rest = low_bits - len(lone)
         tail = [rest % self.chunk_bits] if rest % self.chunk_bits else []
         return tuple(lone + [self.chunk_bits] * (rest // self.chunk_bits) + tail)
@@ -240,14 +256,20 @@ class CircuitSpec:
         Tournament: every match extracts the w bits of its difference, every match but the final
         adds one relu table per chunk, and carrying the winner's index costs
         :func:`tournament_index_tables` tables: ``(K − 1)·w + (K − 2)·chunks + index tables``
-        (129 at K = 10, N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).  Plus
-        :attr:`range_check_bootstraps`.
+        (129 at K = 10, N = 250).  All-pairs: ``K(K − 1)/2·(w − 1) + K`` (415).  w is
+        :attr:`argmax_width`; plus :attr:`rounding_bootstraps` and :attr:`range_check_bootstraps`.
         """
-        k, w = self.num_classes, self.difference_width
+        k, w = self.num_classes, self.argmax_width
+        extra = self.rounding_bootstraps + self.range_check_bootstraps
         if self.argmax == "all-pairs":
-            return self.pair_count * (w - 1) + k + self.range_check_bootstraps
-        return ((k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + tournament_index_tables(k)
-                + self.range_check_bootstraps)
+            return self.pair_count * (w - 1) + k + extra
+        return (k - 1) * w + (k - 2) * len(self.relu_chunk_bounds) + tournament_index_tables(k) + extra
+
+    @property
+    def rounding_bootstraps(self) -> int:
+        """PBS per query of the rounding (r > 0): an exact truncation of r bits (r PBS) and one
+        table at the remaining precision (⌊c / 2^r⌋) per class."""
+        return self.num_classes * (self.rounding_shift + 1) if self.rounding_shift else 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -323,6 +345,23 @@ def _circuit_code_digest() -> str:
     return CODE_DIGEST
 
 
-def reference_argmax(counts: np.ndarray) -> np.ndarray:
-    """The argmax the circuit computes, in clear: lowest index wins ties. counts: (..., K)."""
-    return np.argmax(np.asarray(counts), axis=-1)
+def reference_argmax(counts: np.ndarray, rounding_shift: int = 0) -> np.ndarray:
+    """The argmax the circuit computes, in clear: of ⌊counts / 2^r⌋ (r = ``rounding_shift``,
+    ``CircuitSpec.rounding_shift``; a floor, also for negative counts), lowest index wins ties.
+    counts: (..., K)."""
+    counts = np.asarray(counts)
+    if rounding_shift:
+        counts = np.floor_divide(counts, 2**int(rounding_shift))
+    return np.argmax(counts, axis=-1)
+
+
+def skellam_noise_bound(sigma: float, num_classes: int, failure_probability: float = 1e-12) -> int:
+    """A (resolution 1) for distributed Skellam noise of standard deviation σ per class count: the
+    smallest bound with ``K·Pr[|Z| > A] ≤ failure_probability`` per query, from
+    :meth:`speed.privacy.mechanisms.Skellam.noise_bound` (exact PMF; 469 at σ = 63, K = 10), or,
+    where that module is missing, ⌈7.15·σ⌉ (a Gaussian tail of 1e-12 per count)."""
+    try:
+        from speed.privacy.mechanisms import Skellam
+    except ImportError:  # pragma: no cover - before the mechanism landed
+        return int(math.ceil(7.15 * sigma))
+    return int(Skellam(sigma).noise_bound(failure_probability, num_classes))
