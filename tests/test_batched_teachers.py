@@ -188,3 +188,33 @@ def test_corrupt_or_missing_cache_refused(tmp_path):
     with pytest.raises(FeatureCacheError, match="other images"):
         load_feature_cache(tmp_path / "foreign.npz", expected_key="y")
     assert issubclass(FeatureCacheError, SpeedError)
+
+
+# ------------------------------------------------------------- frontier script
+
+
+def test_frontier_noisy_argmax_ties_and_noise_law():
+    """benchmarks/frontier.py: label = np.argmax of counts + the sum of N shares (ties to the lowest class)."""
+    import importlib.util
+    from pathlib import Path
+
+    from speed.privacy.mechanisms import Skellam
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
+    spec = importlib.util.spec_from_file_location("frontier_bench", path)
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+
+    class Zero:
+        vote_step = 1
+
+        def sample_shares(self, n, k, rng):
+            return np.zeros((n, k), dtype=np.int64)
+
+    counts = np.array([[3, 3, 1], [0, 2, 2], [1, 0, 4]])
+    np.testing.assert_array_equal(frontier.noisy_labels(counts, Zero(), 5, np.random.default_rng(0)), [0, 1, 2])
+    # Same seed, same labels; tiny noise keeps a clear winner.
+    wide = np.array([[0, 200, 0]] * 20)
+    a = frontier.noisy_labels(wide, Skellam(2.0), 7, np.random.default_rng(1))
+    assert np.array_equal(a, frontier.noisy_labels(wide, Skellam(2.0), 7, np.random.default_rng(1)))
+    assert np.all(a == 1)
