@@ -30,11 +30,14 @@ def test_bad_input_is_one_line(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_json_end_to_end(tmp_path):
-    """3 holders, 4 queries through real TFHE; HE labels must equal the clear noisy argmax."""
+@pytest.mark.parametrize("noise", [["--target-epsilon", "20"], ["--mechanism", "lattice", "--gamma", "0.5"]],
+                         ids=["skellam-target", "lattice-paper"])
+def test_demo_json_end_to_end(tmp_path, noise):
+    """3 holders, 4 queries through real TFHE; HE labels must equal the clear noisy argmax, and the
+    publishable ε comes first, as charged by the ledger."""
     cmd = [
         sys.executable, "-m", "speed.cli.main", "demo", "--json", "--holders", "3", "--queries", "4",
-        "--batch-size", "4", "--gamma", "0.5", "--cache-dir", str(tmp_path),
+        "--batch-size", "4", *noise, "--cache-dir", str(tmp_path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -42,7 +45,20 @@ def test_demo_json_end_to_end(tmp_path):
     assert result["accuracy"]["he_vs_plaintext_noisy_argmax_agreement"] == 1.0
     assert 0.0 <= result["accuracy"]["student_test"] <= 1.0
     p = result["privacy"]
-    assert p["epsilon_data_dependent"] <= p["epsilon_data_independent"] + 1e-9
-    assert p["delta_total_data_dependent"] >= p["delta"] and p["histogram_failure_per_query"] > 0
+    assert list(p)[0] == "epsilon_publishable"
+    assert p["delta_total"] >= p["delta"]
+    if noise[0] == "--target-epsilon":
+        from speed.privacy.ledger import PrivacyLedger
+
+        assert result["settings"]["noise"]["mechanism"] == "skellam"
+        assert 19.0 < p["epsilon_publishable"] <= 20.0  # calibrated to the plan of 4 queries
+        assert p["epsilon_data_dependent"] is None
+        again = PrivacyLedger(p["ledger"], read_only=True).epsilon()
+        assert again["epsilon"] == pytest.approx(p["epsilon_publishable"], rel=1e-12)
+        assert again["plan"]["planned_queries"] == 4 and again["plan"]["target_epsilon"] == 20.0
+    else:
+        assert p["epsilon_publishable"] == p["epsilon_data_independent"]
+        assert p["epsilon_data_dependent"] <= p["epsilon_data_independent"] + 1e-9
+        assert p["delta_total_data_dependent"] >= p["delta"] and p["histogram_failure_per_query"] > 0
     assert result["bytes"]["holder_to_server_bytes_per_query"] > 0
     assert result["circuit"]["pbs_per_call"] > 0

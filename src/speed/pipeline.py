@@ -6,6 +6,7 @@ make ``speed reproduce``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from speed.crypto.spec import CircuitSpec, choose_noise_bound
 from speed.errors import BudgetExhaustedError, InputError
 from speed.holder import DataHolder
 from speed.owner.owner import ModelOwner
+from speed.privacy.mechanisms import LatticeLaplace, Mechanism, Skellam
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
 
@@ -35,7 +37,10 @@ class RunConfig:
     data_dir: str | None = None
     holders: int = 20
     queries: int = 60
-    gamma: float = 3.3  # γ = 1/λ (SPEC §6's analysis value)
+    mechanism: str = "skellam"  # noise: "skellam" (publishable ε, the default) or "lattice" (the paper's Laplace)
+    target_epsilon: float | None = None  # publishable ε for `queries` queries: calibrates σ (or γ)
+    sigma: float | None = None  # Skellam σ given directly (instead of target_epsilon)
+    gamma: float = 3.3  # γ = 1/λ of the lattice Laplace noise (the paper's analysis value)
     tau: float = 1.0  # fraction of holders whose noise stays secret, for the accountant
     delta: float = 1e-5
     resolution: int = 1  # P lattice steps per vote
@@ -59,7 +64,16 @@ class RunConfig:
 
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
         opt.check_positive_int(self.queries, "--queries")
+        opt.check_choice(self.mechanism, "--mechanism", ENCRYPTED_MECHANISMS)
         opt.check_gamma(self.gamma, "--gamma")
+        if self.sigma is not None:
+            opt.check_sigma(self.sigma, "--sigma")
+            if self.mechanism != "skellam":
+                raise InputError(f"--sigma applies to --mechanism skellam, not {self.mechanism}")
+            if self.target_epsilon is not None:
+                raise InputError("give --target-epsilon or --sigma, not both")
+        if self.target_epsilon is not None:
+            opt.check_target_epsilon(self.target_epsilon, "--target-epsilon")
         opt.check_tau(self.tau, "--tau")
         opt.check_delta(self.delta, "--delta")
         opt.check_resolution(self.resolution, "--resolution")
@@ -79,29 +93,85 @@ class RunConfig:
             circuit_spec(self, num_classes)  # the noise bound and the circuit's ranges
 
 
+#: Noise mechanisms the encrypted pipeline runs (integer shares); "gamma" is clear-text only.
+ENCRYPTED_MECHANISMS = ("skellam", "lattice")
+#: Publishable ε the demo plans for when neither --target-epsilon nor --sigma is given: with
+#: only 20 holders a vote margin is a few votes, so the noise that keeps labels useful costs
+#: more ε than at N = 250 (README, "Choosing your privacy level").
+DEFAULT_TARGET_EPSILON = 8.0
+
+
+def noise_mechanism(config: RunConfig) -> Mechanism:
+    """The noise object of ``config``: Skellam(σ) from ``sigma`` or calibrated to the target ε over
+    ``queries`` queries at ``tau`` and ``delta``; the lattice Laplace from ``gamma`` (or calibrated)."""
+    from speed.privacy.calibrate import calibrate
+    from speed.privacy.mechanisms import LatticeLaplace, Skellam
+
+    if config.mechanism == "skellam":
+        if config.sigma is not None:
+            return Skellam(config.sigma)
+        target = DEFAULT_TARGET_EPSILON if config.target_epsilon is None else config.target_epsilon
+        return calibrate("skellam", target, config.queries, config.delta, config.tau)[0]
+    if config.target_epsilon is not None:
+        return calibrate("lattice", config.target_epsilon, config.queries, config.delta, config.tau,
+                         resolution=config.resolution)[0]
+    return LatticeLaplace(config.gamma, config.resolution)
+
+
 def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, holders: int, seed: int,
                            suffix: str = "") -> Path:
     """Where the teachers of ``holders`` holders (split and training seed ``seed``) are checkpointed."""
     return Path(cache_dir) / "teachers" / f"{dataset_name}-N{holders}-s{seed}{suffix}"
 
 
-def circuit_spec(config: RunConfig, num_classes: int) -> CircuitSpec:
-    """The circuit the owner compiles for ``config``: noise bound A from γ, P and the failure target."""
-    scale = 1.0 / config.gamma
-    bound = choose_noise_bound(config.holders, num_classes, scale, config.resolution, config.noise_failure)
+def circuit_spec(config: RunConfig, num_classes: int, noise: Mechanism | None = None) -> CircuitSpec:
+    """The circuit the owner compiles for ``config``: noise bound A of its noise mechanism for the
+    failure target (K · Pr[|Z| > A] ≤ ``noise_failure`` per query), one vote = ``vote_step`` steps."""
+    noise = noise_mechanism(config) if noise is None else noise
+    if isinstance(noise, LatticeLaplace):
+        bound = choose_noise_bound(config.holders, num_classes, noise.scale, noise.resolution, config.noise_failure)
+    else:
+        bound = noise.noise_bound(config.noise_failure, coordinates=num_classes)
     return CircuitSpec(
         num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
-        resolution=config.resolution, batch_size=config.batch_size, global_p_error=config.global_p_error,
+        resolution=noise.vote_step, batch_size=config.batch_size, global_p_error=config.global_p_error,
         aggregate_input=aggregate_input_for(config.pad_mode),
     )
 
 
-def failure_probability_per_query(spec: CircuitSpec, scale: float) -> float:
-    """Per-query probability that the circuit's output is not the exact noisy argmax (ledger's β)."""
-    return spec.histogram_failure_probability(scale) + spec.clip_failure_probability(scale)
+def failure_probabilities(spec: CircuitSpec, noise: Mechanism | float) -> tuple[float, float]:
+    """Per query: (histogram failure, clip failure).
+
+    *Histogram failure*: a total noise outside [−A, A] or a wrong bootstrap; the label is then not
+    the exact argmax, but it is still a (randomised) function of the noisy counts alone.
+    *Clip failure*: some holder's share clipped to ±S, which changes the noise law itself.
+    ``noise``: the mechanism object, or the lattice scale λ (the paper's noise).
+    """
+    if isinstance(noise, Skellam):
+        n, k = spec.num_holders, spec.num_classes
+        histogram = min(1.0, k * noise.sum_tail(spec.noise_bound) + spec.global_p_error)
+        # one holder's share: Skellam of variance σ²/N
+        clip = min(1.0, k * n * Skellam(noise.sigma / math.sqrt(n)).sum_tail(spec.share_bound))
+        return histogram, clip
+    scale = noise.scale if isinstance(noise, LatticeLaplace) else float(noise)
+    return spec.histogram_failure_probability(scale), spec.clip_failure_probability(scale)
 
 
-def refuse_unanswerable(config: RunConfig) -> None:
+def failure_probability_per_query(spec: CircuitSpec, noise: Mechanism | float) -> float:
+    """Per-query probability β that the released label is not the exact noisy argmax (both failures).
+
+    How β reaches δ (one rule, docs/privacy.md "Circuit failures and δ"): the real transcript
+    equals the analysed one except with probability B = Σβ over the answered queries, and then
+    δ_total = δ + (1 + e^ε)·B, where β counts only the events the accountant's ε does not
+    already cover. A histogram-level ε (the publishable PLD ε of Skellam noise, the lattice
+    bound at τ = 1) covers every function of the noisy counts, so only clipped shares count;
+    the paper's argmax bound (τ < 1) needs the exact argmax, so both count.
+    """
+    histogram, clip = failure_probabilities(spec, noise)
+    return histogram + clip
+
+
+def refuse_unanswerable(config: RunConfig, noise: Mechanism | None = None) -> None:
     """Refuse, before any work, a run whose budget cannot pay for even its first batch (or whose
     ledger is corrupted).
 
@@ -112,8 +182,32 @@ def refuse_unanswerable(config: RunConfig) -> None:
     the ledger at ``config.ledger`` already holds (read-only here; the run opens it later).
     """
     from speed.privacy.ledger import PrivacyAccountant, PrivacyLedger
+    from speed.privacy.publishable import PublishableAccountant
 
     path = Path(config.ledger) if config.ledger else None
+    noise = noise_mechanism(config) if noise is None else noise
+    if isinstance(noise, Skellam):
+        held = PublishableAccountant(noise, config.delta)
+        if path is not None and path.exists():  # also refuses a corrupted or foreign ledger before any work
+            old = PrivacyLedger(path, delta=config.delta, read_only=True)
+            if old.noise is not None and old.noise != noise:
+                raise InputError(f"--ledger {path} was written under {old.noise.to_dict()}, this run uses "
+                                 f"{noise.to_dict()}: use another ledger")
+            if old.publishable is None and old.num_queries:
+                raise InputError(f"--ledger {path} holds charges of the paper's accounting: use another ledger")
+            if old.publishable is not None:
+                held = old.publishable
+        if config.max_epsilon is None:
+            return
+        first = min(config.batch_size, config.queries)
+        projected = held.projected_epsilon(config.tau, first)
+        if projected > config.max_epsilon:
+            raise BudgetExhaustedError(
+                f"--max-epsilon {config.max_epsilon:g}: the first batch of {first} queries would raise the "
+                f"publishable ε from {held.epsilon():.4g} to {projected:.4g} (skellam σ = {noise.sigma:.4g}, "
+                f"τ = {config.tau:g}, δ = {config.delta:g}); no query could be labelled, so nothing was trained"
+            )
+        return
     if path is not None and path.exists():  # also refuses a corrupted ledger before any work
         accountant = PrivacyLedger(path, delta=config.delta, read_only=True).accountant
     else:
@@ -122,22 +216,26 @@ def refuse_unanswerable(config: RunConfig) -> None:
         return
     first = min(config.batch_size, config.queries)
     spent = accountant.get_epsilon(config.delta) if accountant.num_queries else 0.0
-    projected = accountant.projected_epsilon(config.delta, gamma=config.gamma, tau=config.tau, mechanism="lattice",
-                                             resolution=config.resolution, num_queries=first)
+    projected = accountant.projected_epsilon(config.delta, gamma=noise.gamma, tau=config.tau, mechanism="lattice",
+                                             resolution=noise.resolution, num_queries=first)
     if projected > config.max_epsilon:
         held = f", ledger {path} already holds {accountant.num_queries} queries" if accountant.num_queries else ""
         raise BudgetExhaustedError(
             f"--max-epsilon {config.max_epsilon:g}: the first batch of {first} queries would raise the "
-            f"data-independent ε from {spent:.4g} to {projected:.4g} (γ = {config.gamma:g}, τ = {config.tau:g}, "
+            f"data-independent ε from {spent:.4g} to {projected:.4g} (γ = {noise.gamma:g}, τ = {config.tau:g}, "
             f"δ = {config.delta:g}{held}); no query could be labelled, so nothing was trained"
         )
 
 
-def make_holders(teachers, scale: float, rngs: list) -> list[DataHolder]:
-    """One :class:`DataHolder` per teacher; holder i answers with teacher i (the query points are public)."""
+def make_holders(teachers, noise: Mechanism | float, rngs: list) -> list[DataHolder]:
+    """One :class:`DataHolder` per teacher; holder i answers with teacher i (the query points are public).
+
+    ``noise``: the mechanism object, or the lattice scale λ (the paper's noise)."""
     from speed.learning.train import predict
 
-    return [DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), scale, rngs[i]) for i in range(len(teachers))]
+    kwargs = {"noise": noise} if isinstance(noise, Mechanism) else {"noise_scale": float(noise)}
+    return [DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), rng=rngs[i], **kwargs)
+            for i in range(len(teachers))]
 
 
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
@@ -168,7 +266,8 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     if config.queries > splits.pool_size:
         raise InputError(f"--queries {config.queries} exceeds the public pool of {splits.pool_size} points "
                          f"of {dataset.name}")
-    refuse_unanswerable(config)
+    noise = noise_mechanism(config)
+    refuse_unanswerable(config, noise)
 
     start = time.perf_counter()
     teachers = train_teachers(
@@ -182,29 +281,38 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     clear_votes = teachers.votes(queries.x)  # (N, Q), for the clear reference only
     clear_counts = vote_counts(clear_votes, dataset.num_classes)
 
-    scale = 1.0 / config.gamma
-    spec = circuit_spec(config, dataset.num_classes)
+    spec = circuit_spec(config, dataset.num_classes, noise)
     owner = ModelOwner(spec, cache_dir=cache, pad_mode=config.pad_mode)
     times["compile_s"] = owner.timings["compile_s"]
     times["keygen_s"] = owner.timings["keygen_s"]
 
     rngs = [None] * config.holders if config.production_noise else holder_generators(config.seed, config.holders)
-    holders = make_holders(teachers, scale, rngs)
+    holders = make_holders(teachers, noise, rngs)
     server = setup_parties(owner, holders)
-    failure_per_query = failure_probability_per_query(spec, scale)
+    failure_per_query = failure_probability_per_query(spec, noise)
+    # what the ledger folds into δ: the PLD ε of Skellam noise is histogram-level (docstring above)
+    charged_failure = failure_probabilities(spec, noise)[1] if isinstance(noise, Skellam) else failure_per_query
     ledger_path = Path(config.ledger) if config.ledger else cache / "ledgers" / f"{run_id()}.jsonl"
-    ledger = PrivacyLedger(
-        ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, gamma=config.gamma, tau=config.tau,
-        mechanism="lattice", resolution=config.resolution, num_holders=config.holders,
-        expected_holders=config.holders,
-    )
+    if isinstance(noise, Skellam):  # the publishable (PLD) ε, with the plan written first
+        ledger = PrivacyLedger(
+            ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, tau=config.tau, noise=noise,
+            num_holders=config.holders, expected_holders=config.holders,
+            plan={"planned_queries": config.queries, "target_epsilon": config.target_epsilon, "tau": config.tau},
+        )
+    else:  # the paper's lattice Laplace and its moments accountant
+        ledger = PrivacyLedger(
+            ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, gamma=noise.gamma, tau=config.tau,
+            mechanism="lattice", resolution=noise.resolution, num_holders=config.holders,
+            expected_holders=config.holders,
+        )
     row_of = {int(pos): row for row, pos in enumerate(queries.positions)}
 
     def charge(batch, clear_noisy_sums) -> None:
         """Owner: durable ledger records (budget-checked) before any label is released."""
         ledger.check_budget(num_queries=len(batch.query_ids))
         for q in batch.query_ids:
-            ledger.record(int(q), failure_probability=failure_per_query, counts=clear_counts[row_of[int(q)]])
+            counts = None if isinstance(noise, Skellam) else clear_counts[row_of[int(q)]]
+            ledger.record(int(q), failure_probability=charged_failure, counts=counts)
 
     try:
         labelling = label_queries(
@@ -223,10 +331,13 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     student = fit_student(labelled, method=config.student_method, seed=config.seed)
     times["student_training_s"] = time.perf_counter() - start
 
-    privacy = lattice_privacy(spec, clear_counts, config)
+    if isinstance(noise, Skellam):
+        privacy = skellam_privacy(noise, ledger_epsilon, config)
+    else:
+        privacy = lattice_privacy(spec, clear_counts, config, noise)
     agree = labelling.labels == labelling.clear_noisy_argmax
     return {
-        "settings": {**asdict(config), "num_classes": dataset.num_classes, "noise_scale_lambda": scale},
+        "settings": {**asdict(config), "num_classes": dataset.num_classes, "noise": noise.to_dict()},
         "circuit": {
             **spec.to_dict(),
             "difference_width_bits": spec.difference_width,
@@ -255,7 +366,23 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     }
 
 
-def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig) -> dict[str, Any]:
+def skellam_privacy(noise: Skellam, spent: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """The publishable ε of the answered queries, as the ledger charged it (PLD, docs/privacy.md)."""
+    return {
+        "epsilon_publishable": spent["epsilon"],
+        "delta": config.delta,
+        "delta_total": spent["delta_total"],
+        "mechanism": noise.to_dict(),
+        "tau": config.tau,
+        "target_epsilon": config.target_epsilon if config.sigma is None else None,
+        "accounting": "privacy loss distributions (dp_accounting, pessimistic), collusion-aware τ",
+        "epsilon_data_dependent": None,
+        "note": "no data-dependent ε for Skellam noise: the publishable ε is the one to report",
+    }
+
+
+def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig,
+                    noise: LatticeLaplace | None = None) -> dict[str, Any]:
     """ε of the answered queries for the lattice mechanism the circuit really runs.
 
     Both rigorous per-query bounds of :mod:`speed.privacy.lattice` are evaluated: the
@@ -268,11 +395,12 @@ def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig) ->
     from speed.privacy.accountant import delta_total
     from speed.privacy.lattice import lattice_epsilon
 
-    scale = 1.0 / config.gamma
+    noise = LatticeLaplace(config.gamma, config.resolution) if noise is None else noise
+    gamma, scale = noise.gamma, noise.scale
     beta_hist = spec.histogram_failure_probability(scale)
     beta_clip = spec.clip_failure_probability(scale)
     results = {
-        bound: lattice_epsilon(counts, config.gamma, config.tau, config.delta, config.resolution,
+        bound: lattice_epsilon(counts, gamma, config.tau, config.delta, noise.resolution,
                                bound=bound, failure_probability=beta_hist)
         for bound in ("histogram", "argmax")
     }
@@ -290,11 +418,14 @@ def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig) ->
         out[f"bound_{kind}"] = bound
         out[f"per_query_epsilon_{kind}"] = per_query
     return {
+        "epsilon_publishable": out["epsilon_data_independent"],
+        "delta_total": out["delta_total_data_independent"],
         **out,
         "delta": config.delta,
         "histogram_failure_per_query": beta_hist,
         "clip_failure_per_query": beta_clip,
-        "mechanism": "lattice",
+        "mechanism": noise.to_dict(),
+        "accounting": "the paper's moments accountant (SPEED's collusion-aware analysis, docs/privacy.md)",
         "publishable": "epsilon_data_independent",
         "note": "the data-dependent ε depends on private votes: publishing it needs smooth-sensitivity "
         "sanitisation (PATE 2018)",

@@ -18,6 +18,7 @@ from speed.crypto import shared
 from speed.crypto.seeded import KEYLESS_PAD_MODES, SeededLayout, check_size, message_sizes
 from speed.crypto.spec import CircuitSpec
 from speed.errors import CiphertextError, InputError, PadReuseError
+from speed.privacy.mechanisms import Mechanism
 from speed.privacy.noise import sample_lattice_shares
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -49,12 +50,22 @@ class DataHolder:
         self,
         holder_id: int,
         predict: Predictor,
-        noise_scale: float,
+        noise_scale: float | None = None,
         rng: np.random.Generator | None = None,
+        *,
+        noise: Mechanism | None = None,
     ):
+        """``noise``: the run's mechanism object (:mod:`speed.privacy.mechanisms`, e.g.
+        ``Skellam(σ)``), whose :meth:`sample_shares` draws this holder's share; without it,
+        ``noise_scale`` λ gives the discrete Laplace lattice shares of docs/privacy.md."""
+        if noise is None and noise_scale is None:
+            raise InputError("a data holder needs a noise mechanism (noise=...) or a noise scale λ")
+        if noise is not None and not isinstance(noise, Mechanism):
+            raise InputError(f"noise must be a mechanism object of speed.privacy.mechanisms, got {noise!r}")
         self.holder_id = holder_id
         self.predict = predict
-        self.noise_scale = float(noise_scale)
+        self.noise = noise
+        self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.rng = rng
         self.spec: CircuitSpec | None = None
         self._pads: dict[int, messages.Pad] = {}
@@ -107,9 +118,15 @@ class DataHolder:
         votes = check_one_hot(one_hot, spec.num_classes)
         if len(votes) > spec.batch_size:
             raise InputError(f"{len(votes)} queries exceed the circuit's batch size {spec.batch_size}")
-        shares = sample_lattice_shares(
-            spec.num_holders, spec.num_classes, self.noise_scale, spec.resolution, self.rng, rows=len(votes)
-        )
+        if self.noise is not None:
+            if self.noise.vote_step != spec.resolution:
+                raise InputError(f"the {self.noise.name} noise counts a vote as {self.noise.vote_step} steps, "
+                                 f"the circuit as {spec.resolution}")
+            shares = self.noise.sample_shares(spec.num_holders, spec.num_classes, self.rng, rows=len(votes))
+        else:
+            shares = sample_lattice_shares(
+                spec.num_holders, spec.num_classes, self.noise_scale, spec.resolution, self.rng, rows=len(votes)
+            )
         shares = np.clip(shares, -spec.share_bound, spec.share_bound)  # prob. folded into δ (crypto.spec)
         encoded = np.zeros((spec.batch_size, spec.num_classes), dtype=np.int64)
         encoded[: len(votes)] = spec.resolution * votes + shares

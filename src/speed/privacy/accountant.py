@@ -412,7 +412,7 @@ def delta_total(delta: float, eps: float, failure: float) -> float:
     if failure <= 0:
         return float(delta)
     log_total = np.logaddexp(math.log(delta), math.log(failure) + np.logaddexp(0.0, eps))
-    return float(math.exp(min(0.0, log_total)))
+    return max(float(delta), float(math.exp(min(0.0, log_total))))  # never below δ by rounding
 
 
 def build_result(eps_q: float, log_q: np.ndarray | None, q_count: int, delta: float, moments: int,

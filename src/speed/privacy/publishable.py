@@ -7,14 +7,16 @@ keeps one entry per answered query (the effective τ of its batch and the probab
 its released label is not the exact argmax of the noisy counts) and composes the per-query
 privacy loss distributions of :mod:`speed.privacy.pld`.
 
-**One rule for the circuit's failures.** Whatever the encrypted pipeline does wrong with
-probability β per query (a share clipped by its holder, a total outside the compiled range, a
-wrong bootstrap), the real transcript equals the ideal one except with probability at most
-B = Σ β over the answered queries, so it is (ε, δ_total)-DP with
+**One rule for the circuit's failures** (docs/privacy.md, "Circuit failures and δ"). If the
+real transcript equals the analysed one except with probability at most B = Σ β over the
+answered queries, it is (ε, δ_total)-DP with
 
     δ_total = δ + (1 + e^ε) · B
 
-(the coupling argument of docs/privacy.md). The ledger, the reports and the CLI all use
+(coupling). The PLD ε here is histogram-level: it covers every function of the noisy counts,
+so a total outside the compiled range or a wrong bootstrap (the label is still a randomised
+function of the noisy counts) costs nothing, and β is the probability that some holder's share
+was clipped (the noise law itself changed). The ledger, the reports and the CLI all use
 :func:`speed.privacy.accountant.delta_total` for this.
 """
 

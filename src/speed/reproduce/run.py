@@ -178,7 +178,7 @@ class ReproduceConfig:
 
         return RunConfig(
             dataset=self.dataset, data_dir=self.data_dir, holders=int(self.holders), queries=self.max_queries,
-            gamma=self.gamma, tau=self.ledger_tau if tau is None else float(tau), delta=self.delta,
+            mechanism="lattice", gamma=self.gamma, tau=self.ledger_tau if tau is None else float(tau), delta=self.delta,
             resolution=self.resolution, batch_size=self.batch_size, noise_failure=self.noise_failure,
             global_p_error=self.global_p_error, seed=self.seed, production_noise=self.production_noise,
             cache_dir=self.cache_dir,
