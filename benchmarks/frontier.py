@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student-weight-decay", type=float, default=1e-2)
     p.add_argument("--cache-dir", default=str(ROOT / ".speed-cache"))
     p.add_argument("--no-students", action="store_true")
+    p.add_argument("--self-train-tau", type=float, nargs="*", default=[],
+                   help="also self-train the students of these τ (one round of confident pseudo-labels on the "
+                        "unqueried pool, warm start)")
+    p.add_argument("--self-train-threshold", type=float, default=0.9)
+    p.add_argument("--self-train-steps", type=int, default=100)
     p.add_argument("--calibrate-only", action="store_true",
                    help="only fill the calibration cache (CACHE/frontier/calibration.json) and exit")
     p.add_argument("--threads", type=int, default=2)
@@ -196,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
                     r["student_accuracy"] = float(a)
                 references[q] = {"student_plurality_labels": float(acc[-2]), "student_true_labels": float(acc[-1])}
                 print(f"students Q={q}: {len(label_sets)} heads in {heads.train_seconds:.0f} s", flush=True)
+                if args.self_train_tau:
+                    sel = [i for i, r in enumerate(mine) if r["tau"] in args.self_train_tau]
+                    sel += [len(mine), len(mine) + 1]  # the two references
+                    st_acc = self_train(heads, sel, xq, np.stack(label_sets), x_pool, queries.positions[:q],
+                                        x_test, test_y, args, BatchedConfig, BatchedLinearTeachers)
+                    for i, a in zip(sel[:-2], st_acc[:-2]):
+                        mine[i]["student_self_trained_accuracy"] = float(a)
+                    references[q].update(student_plurality_labels_self_trained=float(st_acc[-2]),
+                                         student_true_labels_self_trained=float(st_acc[-1]))
             student_s = time.perf_counter() - t0
     except SpeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -218,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             sa = np.array([r["student_accuracy"] for r in rs])
             entry["student_accuracy_mean"] = float(sa.mean())
             entry["student_accuracy_sd"] = float(sa.std(ddof=1)) if len(sa) > 1 else 0.0
+        if "student_self_trained_accuracy" in rs[0]:
+            sa = np.array([r["student_self_trained_accuracy"] for r in rs])
+            entry["student_self_trained_accuracy_mean"] = float(sa.mean())
+            entry["student_self_trained_accuracy_sd"] = float(sa.std(ddof=1)) if len(sa) > 1 else 0.0
         summary.append(entry)
     plur_ref = {q: float(np.mean(plur_all[:q] == true_all[:q])) for q in args.queries}
     teacher_test = (test_votes == test_y[None, :]).mean(axis=1)
@@ -240,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             "data": "the Q labelled queries only (supervised; no unlabelled data)",
             "optimizer": "full-batch Adam", "steps": args.student_steps, "lr": args.student_lr,
             "weight_decay": args.student_weight_decay, "init": "zeros",
+            "self_training": None if not args.self_train_tau else {
+                "tau": args.self_train_tau, "threshold": args.self_train_threshold, "steps": args.self_train_steps,
+                "rule": "one round: each supervised student pseudo-labels the unqueried pool points where its "
+                        "softmax confidence >= threshold, then trains on its labelled + pseudo-labelled points "
+                        "(warm start from its supervised weights, same lr and weight decay)",
+            },
         },
         "label_rule": "numpy.argmax of the noisy sums (ties to the lowest class index)",
         "calibration_cache": str(Path(args.cache_dir) / "frontier" / "calibration.json"),
@@ -260,6 +284,33 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(report(result, json_path.name, png_path.name))
     print(f"wrote {json_path}, {png_path}, {out / 'report.md'}")
     return 0
+
+
+def self_train(heads, sel, xq, labels, x_pool, queried, x_test, test_y, args, BatchedConfig, BatchedLinearTeachers):
+    """One round of self-training for students ``sel`` of ``heads``: each labels the unqueried pool
+    points where its softmax confidence is >= the threshold, then continues training (warm start,
+    ``--self-train-steps`` full-batch Adam steps) on its Q labelled points plus those pseudo-labels.
+    Returns the students' test accuracies."""
+    import torch
+
+    unqueried = np.setdiff1d(np.arange(len(x_pool)), queried)
+    xu = x_pool[unqueried]
+    probs = heads.predict_proba(xu)[sel]  # (S, U, K)
+    pseudo, conf = probs.argmax(axis=-1), probs.max(axis=-1)
+    q = len(queried)
+    x_all = np.concatenate([xq, xu])
+    y_all = np.concatenate([labels[sel], pseudo], axis=1)
+    mask = np.concatenate([np.ones((len(sel), q), dtype=bool), conf >= args.self_train_threshold], axis=1)
+    st = BatchedLinearTeachers(len(sel), heads.dim, heads.num_classes, seed=0, init_std=0.0)
+    with torch.no_grad():
+        st.weight.copy_(heads.weight[sel])
+        st.bias.copy_(heads.bias[sel])
+    cfg = BatchedConfig(steps=args.self_train_steps, lr=args.student_lr, weight_decay=args.student_weight_decay,
+                        init_std=0.0)
+    st.fit(x_all, y_all, mask, cfg)
+    print(f"self-training Q={q}: {len(sel)} students, {mask[:, q:].mean():.0%} of {len(xu)} unqueried points "
+          f"pseudo-labelled on average, {st.train_seconds:.0f} s", flush=True)
+    return st.accuracies(x_test, test_y)
 
 
 def _noise_text(entry: dict) -> str:
@@ -393,6 +444,29 @@ def report(result: dict, json_name: str, png_name: str) -> str:
                   "calibrated σ and λ are nearly equal, but the discrete Laplace's standard deviation is about √2 λ; "
                   "at τ < 1 the lattice's λ grows much faster than Skellam's σ (which grows as 1/√τ): the accountant sees τN "
                   "lattice shares, whose sum is a difference of negative binomials of shape τ, not a discrete Laplace."]
+    st = (result["student"] or {}).get("self_training")
+    if st:
+        lines += ["", f"Self-training (τ ∈ {st['tau']}): {st['rule']}; threshold {st['threshold']}, {st['steps']} steps. "
+                  "Student accuracy on the test split, supervised → self-trained:", "",
+                  "| Q | τ | ε | Skellam supervised | Skellam self-trained | Laplace supervised | Laplace self-trained |",
+                  "|---|---|---|---|---|---|---|"]
+
+        def st_cells(e: dict | None) -> str:
+            if e is None or "student_self_trained_accuracy_mean" not in e:
+                return " | "
+            return (f"{100 * e['student_accuracy_mean']:.1f} ± {100 * e['student_accuracy_sd']:.1f} % | "
+                    f"{100 * e['student_self_trained_accuracy_mean']:.1f} ± "
+                    f"{100 * e['student_self_trained_accuracy_sd']:.1f} %")
+
+        for q, tau, eps in combos:
+            if tau in st["tau"]:
+                lines.append(f"| {q} | {tau:g} | {eps:g} | {st_cells(by_key.get(('skellam', q, tau, eps)))} | "
+                             f"{st_cells(by_key.get(('lattice', q, tau, eps)))} |")
+        lines += ["", "References, supervised → self-trained: " + "; ".join(
+            f"Q = {q}: noiseless plurality labels {100 * v['student_plurality_labels']:.1f} → "
+            f"{100 * v.get('student_plurality_labels_self_trained', float('nan')):.1f} %, true labels "
+            f"{100 * v['student_true_labels']:.1f} → {100 * v.get('student_true_labels_self_trained', float('nan')):.1f} %"
+            for q, v in result["student_references"].items()) + "."]
     achieved = [abs(e["epsilon"] - e["target_epsilon"]) / e["target_epsilon"] for e in result["summary"]]
     if achieved:
         lines += ["", f"Every calibrated ε is within {100 * max(achieved):.2f} % below its target (JSON: `summary[].epsilon`)."]
