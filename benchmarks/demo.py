@@ -1,6 +1,6 @@
 """Run `speed demo` with its defaults and save the JSON with the machine and date.
 
-    .venv/bin/python benchmarks/demo.py [--cache-dir DIR]   # writes benchmarks/results/demo-<date>T<HHMM>.json
+    .venv/bin/python benchmarks/demo.py [--cache-dir DIR]   # writes benchmarks/results/demo/demo-<date>T<HHMM>.json
 
 Every demo number quoted in README.md / issue notes comes from such a file.
 """
@@ -18,8 +18,8 @@ from speed.machine import machine  # noqa: E402
 
 
 def main() -> int:
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = Path(__file__).parent / "results" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
     machine_at_start = machine()  # CPU model, load average before the run
     start = time.time()
     proc = subprocess.run(

@@ -98,7 +98,7 @@ ENCRYPTED_MECHANISMS = ("skellam", "lattice")
 #: Publishable ε the demo plans for when neither --target-epsilon nor --sigma is given: with
 #: only 20 holders a vote margin is a few votes, so the noise that keeps labels useful costs
 #: more ε than at N = 250 (README, "Choosing your privacy level").
-DEFAULT_TARGET_EPSILON = 8.0
+DEFAULT_TARGET_EPSILON = 10.0
 
 
 def noise_mechanism(config: RunConfig) -> Mechanism:
@@ -309,10 +309,9 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     def charge(batch, clear_noisy_sums) -> None:
         """Owner: durable ledger records (budget-checked) before any label is released."""
-        ledger.check_budget(num_queries=len(batch.query_ids))
-        for q in batch.query_ids:
-            counts = None if isinstance(noise, Skellam) else clear_counts[row_of[int(q)]]
-            ledger.record(int(q), failure_probability=charged_failure, counts=counts)
+        ids = [int(q) for q in batch.query_ids]
+        counts = None if isinstance(noise, Skellam) else [clear_counts[row_of[q]] for q in ids]
+        ledger.charge_batch(ids, failure_probability=charged_failure, counts=counts)
 
     try:
         labelling = label_queries(

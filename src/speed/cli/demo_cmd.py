@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or lattice (the paper's discrete Laplace shares, with --gamma)")
     p.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
                    help="publishable ε for the --queries planned: the noise is calibrated to it "
-                        "(default 8 with skellam: 20 holders need more ε than 250; see README)")
+                        "(default 10 with skellam: 20 holders need more ε than 250; see README)")
     p.add_argument("--sigma", type=opt.sigma, default=None, help="Skellam σ given directly (instead of --target-epsilon)")
     p.add_argument("--gamma", type=opt.gamma, default=3.3,
                    help="γ = 1/λ, inverse Laplace scale, with --mechanism lattice (default 3.3, the paper's)")

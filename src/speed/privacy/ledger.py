@@ -582,6 +582,22 @@ class PrivacyLedger:
         self._apply(rec)
         return rec
 
+    def charge_batch(self, query_ids: Any, *, failure_probability: float = 0.0, counts: Any = None,
+                     num_holders: int | None = None, expected_holders: int | None = None) -> list[dict[str, Any]]:
+        """Charge a batch of answered queries before any of its labels is released.
+
+        The one "charge, then release" step of every path (demo, reproduce, Flower owner,
+        :func:`speed.label`): the budget is checked for the whole batch first (nothing is
+        written if it would be exceeded), then each query is recorded and fsync-ed; release
+        the batch's labels only when this returns. ``counts`` (simulation only): one row per
+        query, for the paper's data-dependent research ε.
+        """
+        ids = list(query_ids)
+        self.check_budget(num_queries=len(ids), num_holders=num_holders, expected_holders=expected_holders)
+        return [self.record(q, failure_probability=failure_probability, num_holders=num_holders,
+                            expected_holders=expected_holders, counts=None if counts is None else counts[i])
+                for i, q in enumerate(ids)]
+
     def _record_noise(self, query_id: str | int, q: dict[str, Any], fp: float) -> dict[str, Any]:
         assert self.noise is not None
         rec: dict[str, Any] = {
