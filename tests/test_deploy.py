@@ -45,7 +45,8 @@ ROWS = 32
 
 
 def job_config(job_id: str, **kw) -> DeployConfig:
-    base = dict(task="table", holders=N, classes=K, queries=Q, batch_size=B, gamma=2.0, seed=0, job_id=job_id,
+    base = dict(task="table", holders=N, classes=K, queries=Q, batch_size=B, mechanism="lattice", gamma=2.0, seed=0,
+                job_id=job_id,
                 vote_timeout=3.0, owner_timeout=120.0, setup_timeout=300.0, node_wait=1.0, poll_interval=0.02)
     base.update(kw)
     return DeployConfig(**base)
@@ -219,6 +220,34 @@ def test_run_config_roundtrip_and_flower_parsing(tmp_path):
         NodeConfig.from_node_config({"role": "holder"})
     node = NodeConfig.from_node_config({"role": "holder", "partition-id": 3, "state-dir": str(tmp_path)})
     assert (node.partition_id, node.state_dir) == (3, tmp_path)
+
+
+def test_noise_options_resolve_travel_in_run_config_and_name_the_job():
+    from flwr.common.config import parse_config_args
+
+    from speed.deploy.config import DEFAULT_TARGET_EPSILON
+    from speed.pipeline import DEFAULT_TARGET_EPSILON as DEMO_DEFAULT
+    from speed.privacy.mechanisms import LatticeLaplace, Skellam
+
+    assert DEFAULT_TARGET_EPSILON == DEMO_DEFAULT
+    config = DeployConfig(task="table", classes=3, holders=3, sigma=2.5).resolved()
+    assert config.mechanism == "skellam" and config.noise_mechanism() == Skellam(2.5)
+    assert config.planned_target_epsilon is None
+    parsed = parse_config_args([a for a in config.run_config_args() if a != "--run-config"])
+    assert DeployConfig.from_run_config(parsed) == config  # the mechanism's dict travels in the run config
+    lattice = DeployConfig(mechanism="lattice", gamma=2.0).resolved()
+    assert lattice.noise_mechanism() == LatticeLaplace(2.0, 1)
+    assert DeployConfig().planned_target_epsilon == DEFAULT_TARGET_EPSILON
+    ids = {DeployConfig(mechanism="lattice").effective_job_id, DeployConfig(sigma=3.0).effective_job_id,
+           DeployConfig(sigma=4.0).effective_job_id, DeployConfig(target_epsilon=2.0).effective_job_id}
+    assert len(ids) == 4  # another mechanism is another job (the ledger would refuse it)
+    for bad, match in [(dict(mechanism="lattice", sigma=2.0), "--sigma applies"),
+                       (dict(sigma=2.0, target_epsilon=1.0), "not both"), (dict(sigma=-1.0), "--sigma"),
+                       (dict(target_epsilon=float("nan")), "--target-epsilon"), (dict(mechanism="gamma"), "--mechanism"),
+                       (dict(sigma=2.0, noise='{"mechanism": "skellam", "sigma": 3.0}'), "does not match"),
+                       (dict(noise='{"mechanism": "lattice", "gamma": 3.3, "resolution": 1}'), "does not match")]:
+        with pytest.raises(InputError, match=match):
+            DeployConfig(**bad)
 
 
 def test_sealed_pads_open_only_for_their_holder_batch_and_keyset(tmp_path):
@@ -423,21 +452,43 @@ def test_holder_without_keys_only_for_seeded_pads(tmp_path):
     assert holder.cached_keysets() == []
 
 
-def _answering_reference(table, config, holders_answering, spec):
-    """Clear noisy argmax of the answering holders only (stand-ins add zero), batch by batch."""
+def _answering_reference(table, config, holders_answering, spec, per_batch=None):
+    """Clear noisy argmax of the answering holders only (stand-ins add zero), batch by batch, with the
+    job's noise mechanism; ``per_batch[b]``: the holders that answered batch b (default: all of
+    ``holders_answering``)."""
     from speed.holder.holder import DataHolder, one_hot_votes
     from speed.privacy.noise import holder_generators
 
     rngs = holder_generators(config.seed, N)
     out = {}
-    holders = {i: DataHolder(i, lambda q: q, config.noise_scale, rngs[i]) for i in holders_answering}
+    holders = {i: DataHolder(i, lambda q: q, rng=rngs[i], noise=config.noise_mechanism()) for i in holders_answering}
     for h in holders.values():
         h.spec = spec
-    for start in range(0, Q, B):
+    for b, start in enumerate(range(0, Q, B)):
         ids = list(range(start, min(start + B, Q)))
-        total = sum(h.noisy_votes(one_hot_votes(table[ids, i], K))[: len(ids)] for i, h in holders.items())
+        answering = holders_answering if per_batch is None else per_batch[b]
+        total = sum(holders[i].noisy_votes(one_hot_votes(table[ids, i], K))[: len(ids)] for i in answering)
         out.update({q: int(v) for q, v in zip(ids, reference_argmax(total))})
     return out
+
+
+def _check_publishable_ledger(home, config, taus):
+    """The ledger holds the plan first, then one PLD charge per query with the τ its batch really had, and
+    its ε is ``epsilon_for_queries`` of those τ."""
+    from speed.privacy.ledger import PrivacyLedger
+    from speed.privacy.pld import epsilon_for_queries
+
+    noise = config.noise_mechanism()
+    recs = ledger_records(home, config.effective_job_id)
+    assert recs[0]["kind"] == "plan" and recs[0]["planned_queries"] == Q and recs[0]["noise"] == noise.to_dict()
+    charges = recs[1:]
+    assert [r["kind"] for r in charges] == ["charge"] * Q
+    assert [r["tau_effective"] for r in charges] == pytest.approx(taus, abs=1e-12)
+    expected = epsilon_for_queries(noise, taus, config.delta)
+    ledger = PrivacyLedger(home / "owner" / "jobs" / config.effective_job_id / "ledger.jsonl", delta=config.delta,
+                           read_only=True)
+    assert ledger.epsilon()["epsilon"] == pytest.approx(expected, rel=1e-9)
+    return expected
 
 
 @pytest.mark.slow
@@ -464,6 +515,23 @@ def test_fake_grid_silent_holder_gets_stand_in_and_reduced_tau(fed_home, cache_d
         assert len(shares) == 1 and not any(p.data in blob for p in shares for blob in blobs)  # batch 0 only
         assert sum(kind == "from" and t == "query.fill" and "shell" in c.config_records
                    for kind, n, t, c in grid.seen) == Q // B  # each batch's replacement shell
+
+
+@pytest.mark.slow
+def test_fake_grid_skellam_dropout_charges_pld_epsilon_of_the_real_taus(fed_home, cache_dir, table):
+    """Skellam noise (the default mechanism): holder 1 answers batch 0 only, the owner's ledger writes the
+    plan first and charges the publishable PLD ε with τ = 1 for batch 0 and τ_eff = 2/3 for batch 1."""
+    config = job_config("fake-skellam", mechanism="skellam", sigma=2.0, min_holders=2).resolved()
+    summary, labels, grid, lines = run_fake(fed_home, cache_dir, config, run_id=31, silent_from={2: 3})  # holder 1
+    assert summary["status"] == "completed", summary["reason"]
+    assert [b["missing"] for b in summary["batches"]] == [[], [1]]
+    expected = _answering_reference(table, config, [0, 1, 2], config.circuit_spec(K), per_batch=[[0, 1, 2], [0, 2]])
+    assert labels == expected
+    eps = _check_publishable_ledger(fed_home, config, [1.0] * B + [2 / 3] * (Q - B))
+    owner = summary["owner"]
+    assert owner["epsilon"] == pytest.approx(eps, rel=1e-9) and owner["epsilon_publishable"]
+    assert owner["mechanism"] == {"mechanism": "skellam", "sigma": 2.0} and owner["tau"] == 1.0
+    assert any("noise: {'mechanism': 'skellam'" in line for line in lines)
 
 
 @pytest.mark.slow
@@ -525,18 +593,25 @@ def test_local_federation_labels_equal_in_process_run(fed_home, cache_dir, refer
 
 
 @pytest.mark.slow
-def test_local_federation_survives_a_killed_holder(fed_home, cache_dir, reference):
-    config = job_config("local-kill", min_holders=2, vote_timeout=25.0, node_wait=120.0, poll_interval=0.5)
+def test_local_federation_survives_a_killed_holder(fed_home, cache_dir, table):
+    """Skellam noise (σ given) on real processes: the mechanism's dict travels in the run config, holder 1
+    is SIGKILLed after batch 0, the ledger charges the PLD ε of τ = 1 then τ_eff = 2/3."""
+    config = job_config("local-kill", mechanism="skellam", sigma=2.0, min_holders=2, vote_timeout=25.0,
+                        node_wait=120.0, poll_interval=0.5)
     result, lines = _local(fed_home, cache_dir, config, kill_holder=1, kill_after=1)
     assert result["status"] == "completed", (result["reason"], lines)
     assert any("fault injection" in line for line in lines)
     assert result["batches"][0]["missing"] == [] and result["batches"][1]["missing"] == [1]
     labels = {int(q): v for q, v in result["labels"].items()}
-    assert {q: labels[q] for q in range(B)} == {q: reference[q] for q in range(B)}  # before the crash
-    assert len(labels) == Q
-    recs = ledger_records(fed_home, config.effective_job_id)
+    config = config.resolved()
+    assert labels == _answering_reference(table, config, [0, 1, 2], config.circuit_spec(K),
+                                          per_batch=[[0, 1, 2], [0, 2]])
+    recs = ledger_records(fed_home, config.effective_job_id)[1:]  # after the plan
     assert [r["num_holders"] for r in recs] == [N, N, N - 1, N - 1]
-    assert abs(recs[-1]["tau_effective"] - 2 / 3) < 1e-12
+    eps = _check_publishable_ledger(fed_home, config, [1.0] * B + [2 / 3] * (Q - B))
+    assert list(result)[:4] == ["epsilon", "delta", "delta_total", "mechanism"]  # the publishable ε first
+    assert result["epsilon"] == pytest.approx(eps, rel=1e-9) and result["mechanism"]["sigma"] == 2.0
+    assert result["tau"] == 1.0 and result["tau_effective_values"] == pytest.approx([2 / 3, 1.0])
     _no_process_left(result, fed_home)
 
 

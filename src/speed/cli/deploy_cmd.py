@@ -33,7 +33,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", type=opt.int_range(0, opt.MAX_CLASSES), default=0, help="classes K (task table only; digits has 10)")
     g.add_argument("--queries", type=opt.positive_int, default=10, help="public queries to label Q (default 10)")
     g.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
-    g.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ (default 3.3)")
+    g.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
+                   help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
+                        "or lattice (the paper's discrete Laplace shares, with --gamma)")
+    g.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
+                   help="publishable ε for the --queries planned: the noise is calibrated to it once, by the "
+                        "launcher (default 8 with skellam)")
+    g.add_argument("--sigma", type=opt.sigma, default=None, help="Skellam σ given directly (instead of --target-epsilon)")
+    g.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ with --mechanism lattice (default 3.3)")
     g.add_argument("--tau", type=opt.fraction, default=1.0, help="assumed fraction of honest holders' noise (default 1)")
     g.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
     g.add_argument("--seed", type=opt.seed, default=0, help="splits, queries and seeded noise streams (default 0)")
@@ -55,6 +62,7 @@ def _config(args: argparse.Namespace):
 
     return DeployConfig(
         task=args.task, holders=args.holders, classes=args.classes, queries=args.queries, batch_size=args.batch_size,
+        mechanism=args.mechanism, target_epsilon=args.target_epsilon or 0.0, sigma=args.sigma or 0.0,
         gamma=args.gamma, tau=args.tau, delta=args.delta, seed=args.seed, production_noise=args.production_noise,
         pad_mode=args.pad_mode, min_holders=args.min_holders, max_epsilon=args.max_epsilon,
         vote_timeout=args.vote_timeout, setup_timeout=args.setup_timeout, job_id=args.job_id,
@@ -189,7 +197,7 @@ def run_simulate_cmd(args: argparse.Namespace) -> int:
 def run_app_cmd(args: argparse.Namespace) -> int:
     from speed.deploy.config import write_app_dir
 
-    path = write_app_dir(args.directory, _config(args))
+    path = write_app_dir(args.directory, _config(args).resolved())  # the noise calibrated once, here
     print(f"wrote {path / 'pyproject.toml'}; submit with: flwr run {path} <superlink-connection> --stream")
     return 0
 

@@ -10,11 +10,12 @@ the holder's teacher) are *node* config (``flower-supernode --node-config``), se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -30,6 +31,26 @@ APP_PUBLISHER = "speed"
 SERVER_APP = "speed.deploy.server_app:app"
 CLIENT_APP = "speed.deploy.client_app:app"
 TASKS = ("digits", "table")
+#: Noise mechanisms a deployed job runs (integer shares), as in ``speed demo``.
+MECHANISMS = ("skellam", "lattice")
+#: Publishable ε planned when neither --target-epsilon nor --sigma is given (the value of
+#: ``speed.pipeline.DEFAULT_TARGET_EPSILON``, not imported: parsing must not load the crypto stack).
+DEFAULT_TARGET_EPSILON = 8.0
+
+
+@functools.lru_cache(maxsize=16)
+def _resolve_noise(mechanism: str, sigma: float, target: float | None, gamma: float, resolution: int,
+                   queries: int, delta: float, tau: float):
+    from speed.privacy.calibrate import calibrate
+    from speed.privacy.mechanisms import LatticeLaplace, Skellam
+
+    if mechanism == "skellam":
+        if sigma:
+            return Skellam(sigma)
+        return calibrate("skellam", target, queries, delta, tau)[0]
+    if target:
+        return calibrate("lattice", target, queries, delta, tau, resolution=resolution)[0]
+    return LatticeLaplace(gamma, resolution)
 
 
 @dataclass(frozen=True)
@@ -41,7 +62,11 @@ class DeployConfig:
     classes: int = 0  # K (0: the task's own class count; required for "table")
     queries: int = 10  # Q
     batch_size: int = 10  # queries per circuit call
-    gamma: float = 3.3  # γ = 1/λ
+    mechanism: str = "skellam"  # noise: "skellam" (distributed Skellam, publishable PLD ε) or "lattice" (the paper's)
+    target_epsilon: float = 0.0  # publishable ε planned for the Q queries: calibrates σ (or γ); 0 = not given
+    sigma: float = 0.0  # Skellam σ given directly (instead of target-epsilon); 0 = not given
+    noise: str = ""  # the resolved mechanism as JSON (Mechanism.to_dict; public), written by the launcher
+    gamma: float = 3.3  # γ = 1/λ of the lattice noise (mechanism "lattice")
     tau: float = 1.0  # assumed fraction of holders whose noise stays secret
     delta: float = 1e-5
     resolution: int = 1  # lattice steps P per vote
@@ -71,6 +96,15 @@ class DeployConfig:
         opt.check_positive_int(self.queries, "--queries")
         opt.check_positive_int(self.batch_size, "--batch-size")
         opt.check_gamma(self.gamma, "--gamma")
+        opt.check_choice(self.mechanism, "--mechanism", MECHANISMS)
+        if self.sigma:
+            opt.check_sigma(self.sigma, "--sigma")
+            if self.mechanism != "skellam":
+                raise InputError(f"--sigma applies to --mechanism skellam, not {self.mechanism}")
+            if self.target_epsilon:
+                raise InputError("give --target-epsilon or --sigma, not both")
+        if self.target_epsilon:
+            opt.check_target_epsilon(self.target_epsilon, "--target-epsilon")
         opt.check_tau(self.tau, "--tau")
         opt.check_delta(self.delta, "--delta")
         opt.check_resolution(self.resolution, "--resolution")
@@ -83,8 +117,29 @@ class DeployConfig:
         opt.check_nonnegative_float(self.max_epsilon, "--max-epsilon")  # 0 = no budget
         if self.task == "table" and self.classes < 2:
             raise InputError("--classes: task 'table' needs the number of classes K ≥ 2")
+        if self.noise:
+            self._check_noise()
         for name in ("node_wait", "setup_timeout", "vote_timeout", "owner_timeout", "poll_interval"):
             opt.check_positive_float(getattr(self, name), f"--{name.replace('_', '-')}")
+
+    def _check_noise(self) -> None:
+        """The resolved mechanism in the run config must be one the other settings allow."""
+        from speed.privacy.mechanisms import LatticeLaplace, Skellam, mechanism_from_dict
+
+        try:
+            data = json.loads(self.noise)
+        except ValueError:
+            raise InputError(f"noise: not a JSON mechanism dict: {self.noise!r}") from None
+        mech = mechanism_from_dict(data)
+        want = Skellam if self.mechanism == "skellam" else LatticeLaplace
+        if not isinstance(mech, want):
+            raise InputError(f"noise {data} does not match --mechanism {self.mechanism}")
+        if self.sigma and mech != Skellam(self.sigma):
+            raise InputError(f"noise {data} does not match --sigma {self.sigma:g}")
+        if isinstance(mech, LatticeLaplace) and mech.resolution != self.resolution:
+            raise InputError(f"noise {data} does not match --resolution {self.resolution}")
+        if isinstance(mech, LatticeLaplace) and not self.target_epsilon and mech.gamma != self.gamma:
+            raise InputError(f"noise {data} does not match --gamma {self.gamma:g}")
 
     # -- run config <-> dataclass
     @classmethod
@@ -114,13 +169,43 @@ class DeployConfig:
         """``flwr run --run-config`` arguments setting every field (TOML values)."""
         out = []
         for key, value in self.to_run_config().items():
-            out += ["--run-config", f"{key}={json.dumps(value)}"]
+            # Flower splits on quotes without escapes: a JSON string value goes as a TOML literal '...'
+            text = f"'{value}'" if isinstance(value, str) and '"' in value and "'" not in value else json.dumps(value)
+            out += ["--run-config", f"{key}={text}"]
         return out
 
     # -- derived values
     @property
     def noise_scale(self) -> float:
+        """λ = 1/γ of the lattice noise (the paper's); see :meth:`noise_mechanism` for the noise the job runs."""
         return 1.0 / self.gamma
+
+    @property
+    def planned_target_epsilon(self) -> float | None:
+        """The target ε the noise was calibrated to (None when σ or γ was given directly)."""
+        if self.target_epsilon:
+            return self.target_epsilon
+        if self.mechanism == "skellam" and not self.sigma:
+            return DEFAULT_TARGET_EPSILON
+        return None
+
+    def noise_mechanism(self):
+        """The job's noise :class:`speed.privacy.mechanisms.Mechanism`: from ``noise`` (resolved by the
+        launcher), else Skellam(σ), calibrated to the target ε over Q queries at τ and δ, or the
+        lattice Laplace of γ (or calibrated).  Calibrating takes seconds to a minute: the launchers
+        resolve it once (:meth:`resolved`) so that no ClientApp process repeats it."""
+        from speed.privacy.mechanisms import mechanism_from_dict
+
+        if self.noise:
+            return mechanism_from_dict(json.loads(self.noise))
+        return _resolve_noise(self.mechanism, self.sigma, self.planned_target_epsilon, self.gamma, self.resolution,
+                              self.queries, self.delta, self.tau)
+
+    def resolved(self) -> "DeployConfig":
+        """This config with ``noise`` set (calibrated here if needed): what the run config carries."""
+        if self.noise:
+            return self
+        return replace(self, noise=json.dumps(self.noise_mechanism().to_dict(), sort_keys=True, separators=(",", ":")))
 
     @property
     def required_holders(self) -> int:
@@ -134,6 +219,10 @@ class DeployConfig:
         key = {k: v for k, v in asdict(self).items() if k in (
             "task", "holders", "classes", "queries", "batch_size", "gamma", "tau", "resolution", "seed",
             "production_noise")}
+        if self.mechanism != "lattice" or self.target_epsilon:  # lattice jobs of γ keep their earlier ids
+            key.pop("gamma")
+            key.update(mechanism=self.mechanism, sigma=self.sigma, target_epsilon=self.planned_target_epsilon,
+                       delta=self.delta)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.task}-N{self.holders}-Q{self.queries}-s{self.seed}-{digest}"
 
@@ -143,10 +232,15 @@ class DeployConfig:
         # options before it needs it
         from speed.crypto.seeded import aggregate_input_for
         from speed.crypto.spec import CircuitSpec, choose_noise_bound
+        from speed.privacy.mechanisms import LatticeLaplace
 
-        bound = choose_noise_bound(self.holders, num_classes, self.noise_scale, self.resolution, self.noise_failure)
+        noise = self.noise_mechanism()
+        if isinstance(noise, LatticeLaplace):
+            bound = choose_noise_bound(self.holders, num_classes, noise.scale, noise.resolution, self.noise_failure)
+        else:  # K · Pr[|Z| > A] ≤ noise-failure per query
+            bound = noise.noise_bound(self.noise_failure, coordinates=num_classes)
         return CircuitSpec(
-            num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=self.resolution,
+            num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=noise.vote_step,
             batch_size=self.batch_size, global_p_error=self.global_p_error,
             aggregate_input=aggregate_input_for(self.pad_mode),
         )

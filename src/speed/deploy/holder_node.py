@@ -66,6 +66,8 @@ class HolderNode:
         self.holder_id = node.partition_id
         self.job_dir = node.state_dir / "jobs" / config.effective_job_id
         self.pad_key = HolderPadKey(node.state_dir)
+        # the job's public noise mechanism (from the run config): this holder samples its shares from it
+        self.noise = config.noise_mechanism()
 
     # -- keysets -------------------------------------------------------------------
     def cached_keysets(self) -> list[str]:
@@ -125,7 +127,7 @@ class HolderNode:
             except KeyError as exc:
                 raise InputError(f"query {exc.args[0]} is not one of this job's queries (setup)") from None
 
-        holder = DataHolder(self.holder_id, predict, self.config.noise_scale, rng)
+        holder = DataHolder(self.holder_id, predict, rng=rng, noise=self.noise)
         connect_holder(holder, *self._load(keyset_id), keyset_id)
         holder.used_pad_ids = set(state.get("used_pads", []))
         return holder
@@ -146,7 +148,7 @@ class HolderNode:
             if bundle.pad_mode != self.config.pad_mode:
                 raise InputError(f"circuit bundle is for pad mode {bundle.pad_mode!r}, this job uses "
                                  f"{self.config.pad_mode!r}")
-            probe = DataHolder(self.holder_id, lambda x: x, self.config.noise_scale)
+            probe = DataHolder(self.holder_id, lambda x: x, noise=self.noise)
             connect_holder(probe, bundle, keys, keyset_id)  # checks them against their ids before storing
             self._store(keyset_id, bundle, keys)
         bundle, keys = self._load(keyset_id)

@@ -120,10 +120,21 @@ def check_local_options(options: LocalOptions) -> None:
     check_job_inputs(config, options.teacher_table)  # last: it may load the digits
 
 
+def resolve_noise(config: DeployConfig, say: Callable[[str], None]) -> DeployConfig:
+    """The config with its noise mechanism resolved (calibrated once, here): its dict travels in the
+    run config, so that no ClientApp process calibrates again and every party uses the same noise."""
+    if not config.noise and config.planned_target_epsilon is not None:
+        say(f"[speed] calibrating the {config.mechanism} noise to publishable ε ≤ {config.planned_target_epsilon:g} "
+            f"for {config.queries} queries (δ = {config.delta:g}, τ = {config.tau:g})")
+    config = config.resolved()
+    say(f"[speed] noise: {config.noise}")
+    return config
+
+
 def run_local(options: LocalOptions) -> dict[str, Any]:
     """Run one job on a local federation; return the JSON summary (every process stopped)."""
-    config = options.config
     check_local_options(options)
+    config = resolve_noise(options.config, options.on_line)
     started_at = time.perf_counter()
     workdir = options.workdir.expanduser().resolve()
     cache_dir = options.cache_dir.expanduser().resolve()
@@ -285,18 +296,22 @@ def job_report(config: DeployConfig, workdir: Path, run_dir: Path, summary: dict
     job_dir = workdir / "owner" / "jobs" / config.effective_job_id
     labels = read_labels(job_dir / "labels.jsonl")
     owner = summary.get("owner") or {}
-    out: dict[str, Any] = {
+    out: dict[str, Any] = {  # the publishable ε first, with δ, the mechanism and τ
+        "epsilon": owner.get("epsilon"),
+        "delta": owner.get("delta"),
+        "delta_total": owner.get("delta_total"),
+        "mechanism": owner.get("mechanism") or json.loads(config.noise or "null"),
+        "tau": config.tau,
+        "tau_effective_values": owner.get("tau_effective_values"),
+        "target_epsilon": config.planned_target_epsilon,
+        "epsilon_note": ("publishable ε of every query of this job, from the owner's ledger ("
+                         + (owner.get("accounting") or "no ledger read") + ")"),
         "status": status if summary.get("status") is None else summary["status"],
         "reason": reason if summary.get("reason") is None else summary["reason"],
         "job_id": config.effective_job_id,
         "labels_received": len(labels),
         "queries": config.queries,
         "labels": {str(q): v for q, v in sorted(labels.items())},
-        "epsilon": owner.get("epsilon"),
-        "delta": owner.get("delta"),
-        "delta_total": owner.get("delta_total"),
-        "epsilon_note": "data-independent ε of every query of this job (publishable), from the owner's ledger",
-        "tau_effective_values": owner.get("tau_effective_values"),
         "wall_time_s": wall,
         "timings": summary.get("timings"),
         "bytes": summary.get("bytes"),

@@ -139,10 +139,15 @@ class OwnerNode:
         self.config, self.node, self.session = config, node, str(session)
         self.job_id = config.effective_job_id
         self.job_dir = node.state_dir / "jobs" / self.job_id
+        from speed.pipeline import failure_probabilities
+        from speed.privacy.mechanisms import Skellam
+
+        self.noise = config.noise_mechanism()
         self.spec = config.circuit_spec(num_classes(config))
-        scale = config.noise_scale
-        self.failure_per_query = (self.spec.histogram_failure_probability(scale)
-                                  + self.spec.clip_failure_probability(scale))
+        histogram, clip = failure_probabilities(self.spec, self.noise)
+        # what the ledger folds into δ (docs/privacy.md "Circuit failures and δ"): the PLD ε of Skellam
+        # noise is histogram-level, so only clipped shares; the paper's lattice analysis needs both
+        self.failure_per_query = clip if isinstance(self.noise, Skellam) else histogram + clip
         self._owner = None
         self.expected_keyset = expected_keyset  # set at this run's setup: later messages must use the same keys
 
@@ -180,11 +185,19 @@ class OwnerNode:
     def ledger(self):
         from speed.privacy.ledger import PrivacyLedger
 
+        from speed.privacy.mechanisms import Skellam
+
         c = self.config
-        return PrivacyLedger(
-            self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None, gamma=c.gamma,
-            tau=c.tau, mechanism="lattice", resolution=c.resolution, num_holders=c.holders,
-            expected_holders=c.holders,
+        if isinstance(self.noise, Skellam):  # the publishable (PLD) ε, the plan written before the first charge
+            return PrivacyLedger(
+                self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None, tau=c.tau,
+                noise=self.noise, num_holders=c.holders, expected_holders=c.holders,
+                plan={"planned_queries": c.queries, "target_epsilon": c.planned_target_epsilon, "tau": c.tau},
+            )
+        return PrivacyLedger(  # the paper's lattice Laplace and its moments accountant
+            self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None,
+            gamma=self.noise.gamma, tau=c.tau, mechanism="lattice", resolution=self.noise.resolution,
+            num_holders=c.holders, expected_holders=c.holders,
         )
 
     # -- setup / resume --------------------------------------------------------------
@@ -224,7 +237,8 @@ class OwnerNode:
         for path in pending:
             record = json.loads(path.read_text())
             data = dict(record["labels"])
-            data["data"] = base64.b64decode(data["data"])
+            for key in data.pop("bytes_fields", ["data"]):  # files written before the range check: data only
+                data[key] = base64.b64decode(data[key])
             labels = messages.EncryptedLabels.from_dict(data)
             try:
                 self._release(labels, int(record["num_holders"]), record.get("session", ""))
@@ -324,8 +338,9 @@ class OwnerNode:
         stand_ins = {int(r["holder_id"]) for r in _read_jsonl(self.job_dir / "fillers.jsonl")
                      if r["session"] == self.session and int(r["batch_id"]) == encrypted.batch_id}
         answered = self.spec.num_holders - len(stand_ins)
-        data = encrypted.to_dict()
-        data["data"] = base64.b64encode(encrypted.data).decode()
+        data = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v  # data and the range check
+                for k, v in encrypted.to_dict().items()}
+        data["bytes_fields"] = sorted(k for k, v in encrypted.to_dict().items() if isinstance(v, bytes))
         pending = self.job_dir / "pending" / f"{self.session or 'local'}-batch-{encrypted.batch_id:06d}.json"
         pending.parent.mkdir(parents=True, exist_ok=True)
         tmp = pending.with_suffix(".tmp")
@@ -380,9 +395,13 @@ class OwnerNode:
     def _status(self, ledger) -> dict[str, Any]:
         spent = ledger.epsilon()
         taus = sorted({float(r["tau_effective"]) for r in ledger.records if str(r["run_id"]) == self.job_id})
-        return {"queries_charged": ledger.num_queries, "labels_stored": len(read_labels(self.labels_path)),
-                "epsilon": spent["epsilon"], "delta": spent["delta"], "delta_total": spent["delta_total"],
-                "epsilon_publishable": bool(spent["publishable"]), "tau_effective_values": taus}
+        return {"epsilon": spent["epsilon"], "delta": spent["delta"], "delta_total": spent["delta_total"],
+                "epsilon_publishable": bool(spent["publishable"]), "mechanism": self.noise.to_dict(),
+                "tau": self.config.tau, "tau_effective_values": taus,
+                "target_epsilon": self.config.planned_target_epsilon,
+                "accounting": ("privacy loss distributions (PLD), collusion-aware τ per batch" if ledger.noise is not None
+                               else "the paper's moments accountant (data-independent)"),
+                "queries_charged": ledger.num_queries, "labels_stored": len(read_labels(self.labels_path))}
 
     def _check_holders(self, holder_ids: list[int]) -> None:
         bad = [h for h in holder_ids if not 0 <= int(h) < self.spec.num_holders]

@@ -277,6 +277,8 @@ class Job:
         self.log(f"owner ready: keyset {keys.keyset_id}, evaluation keys {len(keys.data) / 1e6:.1f} MB, pad mode "
                  f"{bundle.pad_mode}; ledger has {status['queries_charged']} queries charged, "
                  f"{status['labels_stored']} labels stored, ε = {status['epsilon']:.4g}")
+        self.log(f"noise: {status.get('mechanism')}, τ = {status.get('tau')}, δ = {status.get('delta')}; "
+                 f"{status.get('accounting')}")
         if self.info["recovered"]["batches_recovered"] or self.info["recovered"]["refused"]:
             self.log(f"owner recovery: {self.info['recovered']}")
         server = AggregationServer(bundle, keys)

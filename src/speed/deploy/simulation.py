@@ -47,7 +47,7 @@ from speed.deploy.config import (
     check_job_inputs,
     write_app_dir,
 )
-from speed.deploy.local import _ANSI, _bin, _free_ports, _wait_port, job_report
+from speed.deploy.local import _ANSI, _bin, _free_ports, _wait_port, job_report, resolve_noise
 from speed.deploy.processes import ProcessSet, memory_of, processes_with_token, signals_interrupt
 from speed.deploy.sealing import HolderPadKey
 from speed.deploy.tls import make_certificates
@@ -134,10 +134,10 @@ def check_simulation_options(options: SimulationOptions) -> None:
 
 def run_simulation(options: SimulationOptions) -> dict[str, Any]:
     """Run one job with N virtual holders + the owner on Flower's simulation engine; return the JSON summary."""
-    config = options.config
     if not ray_available():
         raise InputError(f"Flower's simulation engine needs ray, which is not installed: {RAY_HINT}")
     check_simulation_options(options)
+    config = resolve_noise(options.config, options.on_line)
     started_at = time.perf_counter()
     workdir = options.workdir.expanduser().resolve()
     cache_dir = options.cache_dir.expanduser().resolve()
