@@ -46,6 +46,7 @@ def measure(specs: dict, rounds: int, calls: int = 2, seed: int = 0) -> dict:
     checks passed, compile and keygen seconds and PBS per query."""
     import numpy as np
 
+    from speed.bench.he import pbs_per_parameter
     from speed.crypto.circuit import compile_module
     from speed.crypto.spec import reference_argmax
     from speed.server.aggregator import map_side_by_side
@@ -60,7 +61,8 @@ def measure(specs: dict, rounds: int, calls: int = 2, seed: int = 0) -> dict:
         module.keygen(force=True)
         state[name] = {"spec": spec, "module": module, "compile_s": compiled, "keygen_s": time.perf_counter() - start,
                        "rounds_s_per_query": [], "labels": 0, "exact": 0, "checks_failed": 0,
-                       "pbs_per_query": int(module.aggregate.statistics["programmable_bootstrap_count"]) // spec.batch_size}
+                       "pbs_per_query": int(module.aggregate.statistics["programmable_bootstrap_count"]) // spec.batch_size,
+                       "pbs_parameters": pbs_per_parameter(module.aggregate.statistics)}
 
     def one_round(name: str, record: bool, extremes: bool) -> None:
         entry = state[name]
