@@ -10,21 +10,23 @@ from speed.cli.report import dump_json, print_sections
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from speed.reproduce.run import DATASET_DEFAULTS, REPRODUCE_DATASETS
+    from speed.reproduce.config import DATASET_DEFAULTS, REPRODUCE_DATASETS, STUDENT_METHODS
 
     defaults = "; ".join(
-        f"{name}: N={d['holders']}, Q={' '.join(map(str, d['queries']))}" for name, d in DATASET_DEFAULTS.items()
+        f"{name}: N={d['holders']}, Q={' '.join(map(str, d['queries']))}, {d['teachers']} teachers, "
+        f"target ε {d['target_epsilon']:g}" for name, d in DATASET_DEFAULTS.items()
     )
     p = sub.add_parser(
         "reproduce",
         help="reproduce the paper's experiments (teachers, encrypted labelling, students, ε) and write a report",
         description=(
             "Train (or reuse checkpointed) teachers, label the queries once through the real encrypted "
-            "pipeline, compute ε for every τ from the same votes, train supervised and semi-supervised "
-            "students on exactly the queried points and a non-private baseline, and write "
-            "OUTPUT/DATASET/report.md, results.json and PNG plots. A killed run resumes: teachers, "
-            "labels (and their privacy-ledger charges), the baseline and students are kept in --cache-dir. "
-            f"Defaults per dataset (SPEC §6): {defaults}; γ = 3.3, δ = 1e-5, τ = 1 0.9 0.7."
+            "pipeline with distributed Skellam noise (publishable ε, PLD accounting) or the paper's lattice "
+            "noise, compute ε for every (Q, τ), train students on exactly the queried points and a "
+            "non-private baseline, and write OUTPUT/DATASET/report.md, results.json and PNG plots. A killed "
+            "run resumes: features, teachers, votes, labels (and their privacy-ledger charges), the baseline "
+            "and students are kept in --cache-dir, keyed by the settings they depend on. "
+            f"Defaults per dataset: {defaults}; δ = 1e-5, τ = 1 0.9 0.7."
         ),
     )
     p.add_argument("--dataset", choices=REPRODUCE_DATASETS, default="digits",
@@ -38,7 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "prefixes (default per dataset)")
     p.add_argument("--tau", type=opt.fraction, nargs="+", default=[1.0, 0.9, 0.7], metavar="τ",
                    help="fractions of holders whose noise stays secret, for the accounting (default 1 0.9 0.7)")
-    p.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ, inverse noise scale (default 3.3)")
+    p.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
+                   help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
+                        "or lattice (the paper's discrete Laplace shares with --gamma, and its moments accountant)")
+    p.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
+                   help="skellam: publishable ε planned for the largest --queries at the smallest --tau; σ is "
+                        "calibrated to it (default per dataset: 8 for digits, 4 otherwise)")
+    p.add_argument("--sigma", type=opt.sigma, default=None, help="skellam σ given directly (instead of --target-epsilon)")
+    p.add_argument("--gamma", type=opt.gamma, default=3.3,
+                   help="lattice: γ = 1/λ, inverse noise scale (default 3.3, the paper's)")
     p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
     p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
     p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
@@ -46,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plaintext-check", action="store_true",
                    help="also compute the argmax in clear on the same noisy votes and report the agreement "
                         "with the decrypted labels (exit status 1 if it is not 100%%)")
+    p.add_argument("--teachers", choices=["scattering", "cnn"], default=None,
+                   help="scattering: linear heads on fixed scattering features, trained as one batched model "
+                        "(default for fashion-mnist and mnist); cnn: one network per holder (default for digits, svhn)")
+    p.add_argument("--features", default=None,
+                   metavar="FILE", help="scattering: an existing feature cache file (error if missing or corrupt; "
+                   "default: computed once and cached in CACHE_DIR/features/)")
     p.add_argument("--model", default=None,
                    help="network of the teachers, students and baseline (compact-cnn, digits-cnn, mlp, pate-mnist, "
                         "pate-svhn; default per dataset: pate-mnist for mnist, SPEC §6; compact-cnn for "
@@ -55,9 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "600 Adam steps for fashion-mnist)")
     p.add_argument("--student-steps", type=opt.positive_int, default=None,
                    help="training steps of each student and of the baseline (default per dataset)")
-    p.add_argument("--student-seeds", type=opt.positive_int, default=1, help="students per (method, Q), averaged (default 1)")
-    p.add_argument("--students", nargs="+", choices=["supervised", "semi-supervised"],
-                   default=["supervised", "semi-supervised"], help="student methods (default both)")
+    p.add_argument("--student-seeds", type=opt.positive_int, default=3,
+                   help="students per (method, Q): mean and std (default 3)")
+    p.add_argument("--students", nargs="+", choices=list(STUDENT_METHODS), default=None,
+                   help="student methods: supervised, semi-supervised (CNN of --model), linear, "
+                        "linear-self-training (linear heads on the scattering features; the latter self-trains on "
+                        "the public pool); default: the linear ones with scattering teachers, the CNN ones with CNN teachers")
     p.add_argument("--curve-points", type=opt.nonnegative_int, default=None,
                    help="accuracy curve: also train students on Qmax/2, Qmax/4, ... (this many points in "
                         "all, including Qmax; 0 or 1: only --queries; default 4 for digits, 3 otherwise)")
@@ -85,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = ReproduceConfig(
         dataset=args.dataset, data_dir=None if args.data_dir is None else str(args.data_dir), holders=args.holders,
-        queries=tuple(args.queries or ()), taus=tuple(args.tau), gamma=args.gamma, delta=args.delta,
+        queries=tuple(args.queries or ()), taus=tuple(args.tau), mechanism=args.mechanism,
+        target_epsilon=args.target_epsilon, sigma=args.sigma, gamma=args.gamma, delta=args.delta,
+        teachers=args.teachers, features=None if args.features is None else str(args.features),
         resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
         model=args.model, teacher_steps=args.teacher_steps, student_steps=args.student_steps, student_seeds=args.student_seeds,
-        curve_points=args.curve_points, methods=tuple(dict.fromkeys(args.students)),
+        curve_points=args.curve_points, methods=tuple(dict.fromkeys(args.students or ())),
         plaintext_check=args.plaintext_check, production_noise=args.production_noise, non_iid=args.non_iid,
         include_extra=False if args.no_extra else None, eval_points=args.eval_points, workers=args.workers,
         threads=args.threads, device=args.device, output=str(args.output), cache_dir=str(args.cache_dir),

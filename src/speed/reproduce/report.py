@@ -75,10 +75,11 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     qs = [r["queries"] for r in curve]
     fig, ax = plt.subplots(figsize=(8.6, 4.2), dpi=130)
     styles = {"supervised": ("o-", "C0"), "semi-supervised": ("s-", "C1")}
+    styles.update({"linear": ("D-", "C5"), "linear-self-training": ("v-", "C6")})
     for m in s["methods"]:
         mean = [100 * r[m]["mean"] for r in curve]
         std = [100 * r[m]["std"] for r in curve]
-        fmt, color = styles[m]
+        fmt, color = styles.get(m, ("x-", "C7"))
         ax.errorbar(qs, mean, yerr=std if s["student_seeds"] > 1 else None, fmt=fmt, color=color, capsize=3,
                     label=f"student, {m}")
     ax.plot(qs, [100 * r["label_accuracy"] for r in curve], "^:", color="C2", label="HE label accuracy (queries)")
@@ -93,12 +94,18 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(top=101)
     ax.set_xlabel("number of labelled queries (students train on exactly these points)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{s['dataset']}: N = {s['holders']} holders, γ = {s['gamma']:g}")
+    ax.set_title(f"{s['dataset']}: N = {s['holders']} holders, noise {_noise_text(s['noise'])}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _noise_text(noise: dict[str, Any]) -> str:
+    if noise.get("mechanism") == "skellam":
+        return f"Skellam σ = {noise['sigma']:.4g}"
+    return f"lattice Laplace γ = {noise.get('gamma', 0):g}, P = {noise.get('resolution', 1)}"
 
 
 def plot_epsilon(result: dict[str, Any], path: Path) -> None:
@@ -108,24 +115,27 @@ def plot_epsilon(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s, pts = result["settings"], result["privacy"]["epsilon_vs_tau"]
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=130)
+    lattice = s["mechanism"] == "lattice"
+    keys = [("epsilon_publishable", "publishable ε")]
+    if lattice:
+        keys.append(("epsilon_data_dependent", "data-dependent ε (not publishable)"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), dpi=130, squeeze=False)
     studied = set(s["taus"])
     for i, q in enumerate(sorted({p["queries"] for p in pts})):
         rows = sorted((p for p in pts if p["queries"] == q), key=lambda p: p["tau"])
         taus = [p["tau"] for p in rows]
-        for ax, key in zip(axes, ("epsilon_data_independent", "epsilon_data_dependent")):
+        for ax, (key, _) in zip(axes[0], keys):
             ax.plot(taus, [p[key] for p in rows], "-", color=f"C{i}", label=f"Q = {q}")
             marked = [p for p in rows if p["tau"] in studied]
             ax.plot([p["tau"] for p in marked], [p[key] for p in marked], "o", color=f"C{i}")
-    axes[0].set_title("data-independent ε (publishable)", fontsize=10)
-    axes[1].set_title("data-dependent ε (not publishable as is)", fontsize=10)
-    for ax in axes:
+    for ax, (_, title) in zip(axes[0], keys):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("τ (fraction of holders whose noise stays secret)")
         ax.set_ylabel(f"ε at δ = {s['delta']:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{s['dataset']}: N = {s['holders']}, γ = {s['gamma']:g}, lattice noise P = {s['resolution']}; "
-                 "dots: the τ of the table", fontsize=9)
+    fig.suptitle(f"{s['dataset']}: N = {s['holders']}, {_noise_text(s['noise'])}; dots: the τ of the table",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -140,10 +150,15 @@ def _baseline_gap(r: dict[str, Any]) -> str:
     if not curve:
         return ""
     last, base = curve[-1], r["baseline"]["accuracy"]
-    parts = [f"{m} {_pct(last[m]['mean'])} ({100 * (base - last[m]['mean']):.1f} points below)"
-             for m in r["settings"]["methods"]]
+
+    def gap(x: float) -> str:
+        d = 100 * (base - x)
+        return f"{d:.1f} points below" if d >= 0 else f"{-d:.1f} points above"
+
+    parts = [f"{m} {_pct(last[m]['mean'])} ({gap(last[m]['mean'])})" for m in r["settings"]["methods"]]
     return (f"**Students against the non-private baseline** ({_pct(base)}, one model trained on all "
-            f"{r['baseline']['training_images']} training images with the student's architecture and steps) "
+            f"{r['baseline']['training_images']} training images: {r['baseline']['model']}, "
+            f"{r['baseline']['config']['steps']} steps) "
             f"at Q = {last['queries']}: " + "; ".join(parts) + ".\n")
 
 
@@ -162,33 +177,35 @@ def markdown(r: dict[str, Any]) -> str:
     w(f"Date (UTC): {m['date_utc']}\n")
 
     w("## Results\n")
-    head = ["dataset", "N", "Q", "λ", "τ", "ε data-indep. (publishable)", "δ_total", "ε data-dep. (not publ.)",
-            "δ_total", "teacher mean acc.", "ensemble acc.", "label acc.",
-            *[f"student {x}" for x in methods], "non-private baseline"]
+    lattice = s["mechanism"] == "lattice"
+    primary = s["student_primary"]
+    head = ["dataset", "N", "Q", "τ", "noise", "ε publishable", "δ_total", "label acc.",
+            f"student ({primary}) ± std", "teacher mean acc.", "ensemble acc.", "non-private baseline"]
+    if lattice:
+        head.append("ε data-dep. (research, not publishable)")
     w("| " + " | ".join(head) + " |")
     w("|" + "---|" * len(head))
     for row in r["table"]:
-        cells = [row["dataset"], str(row["holders"]), str(row["queries"]), f"{row['lambda']:.3f}",
-                 f"{row['tau']:g}", _num(row["epsilon_data_independent"]),
-                 _delta(row["delta_total_data_independent"]), _num(row["epsilon_data_dependent"]),
-                 _delta(row["delta_total_data_dependent"]), _pct(row["teacher_mean_accuracy"]),
-                 _pct(row["ensemble_accuracy"]), _pct(row["label_accuracy"]),
-                 *[_pct(row[f"student_{x}"]) for x in methods], _pct(row["non_private_baseline"])]
+        cells = [row["dataset"], str(row["holders"]), str(row["queries"]), f"{row['tau']:g}",
+                 _noise_text(row["mechanism"]), _num(row["epsilon_publishable"]), _delta(row["delta_total"]),
+                 _pct(row["label_accuracy"]),
+                 f"{_pct(row['student_accuracy'])} ± {100 * row['student_accuracy_std']:.1f}",
+                 _pct(row["teacher_mean_accuracy"]), _pct(row["ensemble_accuracy"]), _pct(row["baseline_accuracy"])]
+        if lattice:
+            cells.append(_num(row["epsilon_data_dependent"]))
         w("| " + " | ".join(cells) + " |")
     w("")
-    w(f"δ = {s['delta']:g}; δ_total adds the circuit's failure probabilities (noise outside the compiled "
-      f"range, wrong bootstrap: {r['privacy']['failure_probability_per_query']:.2e} per query) where the "
-      "accountant requires it. λ = 1/γ is the noise scale the holders add (SPEC §6 quotes λ = 0.31 and "
-      "γ = 3.3; we add exactly the noise the analysis assumes). Accuracies are on the test split, "
-      f"which is never queried ({r['data']['test']} images; teacher and ensemble accuracy on "
-      f"{t['test_points']} of them). Students: mean over {s['student_seeds']} seed(s). "
-      "The data-dependent ε uses the private vote counts: publishing it needs PATE 2018's "
-      "smooth-sensitivity release; the data-independent ε is the one a deployed owner's ledger tracks. "
-      "δ_total ≥ 1 means the coupling term (1 + e^ε)·Q·β of the circuit's failure events (a clipped noise "
-      "share; for τ < 1 also noise outside the compiled range) exceeds 1 at that (already vacuous) ε. "
-      "The data-dependent ε is driven by the few queries with a small vote gap (plurality minus runner-up, "
-      f"next table): at a per-query ε of 2γ = {2 * s['gamma']:g} (τ = 1) even q ≈ 1e-3 for one query costs "
-      f"several units of ε, and ln(1/δ) = {math.log(1 / s['delta']):.1f} must be spread over low moment orders.\n")
+    pv = r["privacy"]
+    w(f"ε publishable: {pv['accounting']}, at δ = {s['delta']:g}; it does not look at the votes. δ_total adds "
+      f"(1 + e^ε)·Q·β for the circuit failures the accountant does not cover "
+      f"({pv['failure_probability_charged_per_query']:.2e} per query charged; all failures together "
+      f"{pv['failure_probability_per_query']:.2e}). {pv['note']}. Accuracies are on the test split, which is "
+      f"never queried ({r['data']['test']} images; teacher and ensemble accuracy on {t['test_points']} of them). "
+      f"Students: mean ± std over {s['student_seeds']} seed(s).\n")
+    if lattice:
+        w("Research configuration (the paper's lattice Laplace noise, γ = 1/λ): the data-dependent ε uses the "
+          "private vote counts and is **not publishable** (PATE 2018's smooth-sensitivity release would be "
+          "needed); it is driven by the few queries with a small vote gap (next table).\n")
 
     w(_baseline_gap(r))
 
@@ -208,7 +225,9 @@ def markdown(r: dict[str, Any]) -> str:
     w("")
     w("All students are trained on a prefix of one labelling run: query selection is prefix-stable, so the "
       "first q labels are those a q-query run would get. Semi-supervised = FixMatch-lite on the "
-      "unqueried pool (the paper used improved-GAN feature matching; see `speed.learning.train`).\n")
+      "unqueried pool (the paper used improved-GAN feature matching; see `speed.learning.train`). linear = a "
+      "linear head on the teachers' scattering features; linear-self-training = the same, then one round of "
+      "self-training on the unqueried public pool (`speed.reproduce.students`).\n")
 
     w("## ε vs τ\n")
     w(f"![epsilon vs tau]({EPSILON_PNG})\n")
@@ -218,7 +237,10 @@ def markdown(r: dict[str, Any]) -> str:
     w("|---|---|---|")
     rec = r.get("recorded_compute_s", {})
     names = {
-        "load_data_s": "load data, splits", "teacher_training_s": "teachers (train or load checkpoints)",
+        "noise_calibration_s": "noise calibration", "load_data_s": "load data, splits",
+        "features_s": "scattering features (compute or load the cache)",
+        "teacher_training_s": "teachers (train or load checkpoints)",
+        "teacher_votes_s": "teachers' votes on pool and test (saved)",
         "teacher_evaluation_s": "teacher evaluation (cached across runs)", "encrypted_labelling_s": "encrypted labelling",
         "privacy_accounting_s": "privacy accounting", "baseline_s": "non-private baseline (cached across runs)",
         "students_s": "students (each cached across runs)", "total_s": "total",
@@ -230,8 +252,11 @@ def markdown(r: dict[str, Any]) -> str:
       "stage cost when it was computed (teachers: sum over teachers, whatever the number of worker "
       "processes; labelling: all batches in the label store).\n")
     sec = lab["seconds_all_batches"]
-    w(f"Teachers: {t['model']}, {t['config']['steps']} steps (batch {t['config']['batch_size']}, "
-      f"{t['config']['optimizer']}, lr {t['config']['lr']:g}) on shards of ~{t['shard_size_mean']:.0f} images; "
+    tc = t["config"]
+    how = (f"batch {tc['batch_size']}, {tc['optimizer']}" if "batch_size" in tc
+           else f"full-batch Adam, weight decay {tc.get('weight_decay', 0):g}")
+    w(f"Teachers: {t['model']}, {tc['steps']} steps ({how}, lr {tc['lr']:g}) on shards of "
+      f"~{t['shard_size_mean']:.0f} images; "
       f"{t['trained_now']} trained now, {t['loaded_from_checkpoints']} loaded from checkpoints; "
       f"training time as recorded in the checkpoints: {_secs(t['train_seconds_total'])} in total, "
       f"{t['train_seconds_mean']:.2f} s per teacher, {1000 * t['seconds_per_step']:.1f} ms per step. "
@@ -248,6 +273,7 @@ def markdown(r: dict[str, Any]) -> str:
 
     w("## Encrypted labelling\n")
     c = lab["circuit"]
+    w(f"- noise: {_noise_text(s['noise'])}, drawn by every holder as its share of the total")
     w(f"- circuit: K = {c['num_classes']}, N = {c['num_holders']}, noise bound A = {c['noise_bound']} lattice "
       f"steps, P = {c['resolution']}, batch {c['batch_size']}, difference width {c['difference_width_bits']} "
       f"bits, {c['security_bits']}-bit security, PBS failure probability per query ≤ {c['global_p_error']:g}")
@@ -269,11 +295,12 @@ def markdown(r: dict[str, Any]) -> str:
         w("- plaintext check: not requested (`--plaintext-check`)")
     led = r["privacy"].get("ledger") or {}
     if led:
+        how = ("publishable PLD ε, plan written before the first charge" if not lattice else
+               "the paper's data-independent ε with the exact-argmax bound; the table above reports, per row, "
+               "the smaller ε among the two bounds that keep δ_total at δ")
         w(f"- privacy ledger `{led['path']}`: {led['charged_queries']} charged queries at τ = "
-          f"{r['privacy']['ledger_tau']:g} (the most pessimistic τ studied), running data-independent "
-          f"ε = {_num(led.get('epsilon'))} with δ_total {_delta_phrase(led.get('delta_total'))} (the ledger "
-          "charges the exact-argmax bound and folds the circuit's failure probability into δ; the table "
-          "above reports, per row, the smaller ε among the two bounds that keep δ_total at δ)")
+          f"{r['privacy']['ledger_tau']:g} (the most pessimistic τ studied), running publishable "
+          f"ε = {_num(led.get('epsilon'))} with δ_total {_delta_phrase(led.get('delta_total'))} ({how})")
     if lab["charged_again_after_crash"]:
         w(f"- {lab['charged_again_after_crash']} queries were asked and charged again after a run was killed "
           "between charging and storing their labels")
