@@ -98,6 +98,15 @@ CASES: dict[str, tuple[str, str]] = {
     "reproduce-model": ("reproduce --model resnet", "--model"),
     "reproduce-output-file": ("reproduce --output {file}", "--output"),
     "reproduce-data-dir-missing": ("reproduce --dataset mnist --data-dir {dir}/none", "--data-dir"),
+    "reproduce-mechanism": ("reproduce --mechanism gaussian", "--mechanism"),
+    "reproduce-sigma-lattice": ("reproduce --mechanism lattice --sigma 3", "--sigma"),
+    "reproduce-sigma-and-target": ("reproduce --sigma 3 --target-epsilon 4", "not both"),
+    "reproduce-target-epsilon-0": ("reproduce --target-epsilon 0", "--target-epsilon"),
+    "reproduce-teachers": ("reproduce --teachers resnet", "--teachers"),
+    "reproduce-features-missing": ("reproduce --teachers scattering --features {dir}/none.npz", "--features"),
+    "reproduce-features-corrupt": ("reproduce --teachers scattering --holders 3 --queries 2 --sigma 2 "
+                                   "--features {file} --cache-dir {dir}/c --output {dir}/o", "feature cache"),
+    "reproduce-linear-students-cnn": ("reproduce --teachers cnn --students linear", "--teachers scattering"),
     # speed deploy
     "deploy-no-action": ("deploy", "ACTION"),
     "deploy-simulate-table-missing": ("deploy simulate --task table --classes 10 --teacher-table /nonexistent.npy",
