@@ -61,11 +61,8 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
     from speed.reproduce.store import LabelStore
 
     key = cfg.state_key()
-    histogram, clip = failure_probabilities(spec, noise)
-    skellam = isinstance(noise, Skellam)
-    charged_beta = clip if skellam else histogram + clip  # what the ledger folds into δ
-    store = LabelStore(state_dir / "labels.jsonl", key,
-                       {"spec": spec.to_dict(), "state_key": key, "noise": noise.to_dict()})
+    store = LabelStore(state_dir / "labels.jsonl", key, {"spec": spec.to_dict(), "state_key": key,
+                                                         "noise": None if noise is None else noise.to_dict()})
     ledger_path = state_dir / "ledger.jsonl"
     if store.label_of:  # resuming: every stored label must have its charge in the ledger
         if not ledger_path.exists():
@@ -73,6 +70,9 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
                              f"{ledger_path} does not exist: a released label must be charged; refusing to resume")
         with PrivacyLedger(ledger_path, read_only=True, run_id=key) as led:
             store.charged_check(led.answered_query_ids(), ledger_path)
+    histogram, clip = failure_probabilities(spec, noise)
+    skellam = isinstance(noise, Skellam)
+    charged_beta = clip if skellam else histogram + clip  # what the ledger folds into δ
     counts_of = {int(p): clear_counts[i] for i, p in enumerate(positions)}
     todo = [int(p) for p in positions if int(p) not in store]
     info: dict[str, Any] = {

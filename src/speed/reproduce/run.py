@@ -108,6 +108,15 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
                     baseline, studs, clock.times, machine, state_dir)
 
 
+def _encrypted_labelling(cfg, spec, splits, teachers, positions, clear_counts, state_dir, progress, say):
+    """The labelling stage under its earlier name and signature (``splits`` unused: the teachers carry
+    their pool inputs); the noise is the config's."""
+    from speed.reproduce.labelling import stage_labelling
+
+    noise = cfg.noise() if hasattr(cfg, "noise") else None
+    return stage_labelling(cfg, spec, noise, teachers, positions, clear_counts, state_dir, progress, say)
+
+
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     """Flat (label, value) rows for the terminal: the publishable ε first."""
     rows: list[tuple[str, Any]] = []
