@@ -38,7 +38,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "or lattice (the paper's discrete Laplace shares, with --gamma)")
     g.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
                    help="publishable ε for the --queries planned: the noise is calibrated to it once, by the "
-                        "launcher (default 8 with skellam)")
+                        "launcher (default 10 with skellam, as speed demo)")
     g.add_argument("--sigma", type=opt.sigma, default=None, help="Skellam σ given directly (instead of --target-epsilon)")
     g.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ with --mechanism lattice (default 3.3)")
     g.add_argument("--tau", type=opt.fraction, default=1.0, help="assumed fraction of honest holders' noise (default 1)")

@@ -35,7 +35,7 @@ TASKS = ("digits", "table")
 MECHANISMS = ("skellam", "lattice")
 #: Publishable ε planned when neither --target-epsilon nor --sigma is given (the value of
 #: ``speed.pipeline.DEFAULT_TARGET_EPSILON``, not imported: parsing must not load the crypto stack).
-DEFAULT_TARGET_EPSILON = 8.0
+DEFAULT_TARGET_EPSILON = 10.0
 
 
 @functools.lru_cache(maxsize=16)

@@ -363,10 +363,9 @@ class OwnerNode:
         with self.ledger() as ledger:
             charged = {int(q) for q in ledger.answered_query_ids()}
             todo = [int(q) for q in encrypted.query_ids if int(q) not in charged]
-            if todo:
-                ledger.check_budget(num_queries=len(todo), num_holders=answered, expected_holders=n_expected)
-            records = [ledger.record(q, num_holders=answered, expected_holders=n_expected,
-                                     failure_probability=self.failure_per_query) for q in todo]
+            # the whole batch cleared (one PLD evaluation), then each query recorded (fsync), before any release
+            records = ledger.charge_batch(todo, num_holders=answered, expected_holders=n_expected,
+                                          failure_probability=self.failure_per_query) if todo else []
             status = self._status(ledger)
         values = self.owner.decrypt(encrypted)  # only now: every query of the batch is charged
         if len(values) != len(encrypted.query_ids):
