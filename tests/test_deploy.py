@@ -325,6 +325,33 @@ def test_server_app_never_loads_owner_code():
     assert out.returncode == 0, out.stderr
 
 
+def test_client_mod_times_every_handler_and_turns_errors_into_one_line(monkeypatch):
+    """The per-message timing and error handling is one Flower mod on the ClientApp, not per handler."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from speed.deploy import client_app
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # as FakeGrid does
+    assert client_app.app._mods == [client_app.speed_mod]
+    message = Message(RecordDict(), dst_node_id=1, message_type="query.hello")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    def ok(msg, ctx):
+        return Message(RecordDict(), reply_to=msg)
+
+    def boom(msg, ctx):
+        raise InputError("no such holder")
+
+    reply = client_app.speed_mod(message, context, ok)
+    assert records.get_json(reply.content, "timing")["handler_s"] >= 0
+    reply = client_app.speed_mod(message, context, boom)
+    assert records.get_json(reply.content, "error")["error"] == "InputError: no such holder"
+    # through the app: a node without a role answers hello with the error record
+    reply = client_app.app(message, context)
+    assert "role" in records.get_json(reply.content, "error")["error"]
+
+
 def test_cli_help_lists_deploy_commands():
     out = subprocess.run([sys.executable, "-m", "speed.cli.main", "deploy", "--help"], capture_output=True,
                          text=True, timeout=120)
