@@ -352,6 +352,24 @@ def test_client_mod_times_every_handler_and_turns_errors_into_one_line(monkeypat
     assert "role" in records.get_json(reply.content, "error")["error"]
 
 
+def test_server_app_writes_the_summary_file_the_launcher_reads(tmp_path, monkeypatch):
+    from speed.deploy.config import SUMMARY_FILE, default_cache_dir, default_workdir
+    from speed.deploy.local import LocalOptions
+    from speed.deploy.server_app import write_summary
+
+    lines: list[str] = []
+    write_summary(tmp_path / "run" / "job-summary.json", {"status": "completed", "owner": {}}, log=lines.append)
+    assert json.loads((tmp_path / "run" / "job-summary.json").read_text())["status"] == "completed"
+    assert lines and not list((tmp_path / "run").glob(".*tmp"))
+    assert SUMMARY_FILE in app_pyproject(extra={SUMMARY_FILE: "/x"})
+    # the work folder defaults to the cache directory, not the current directory
+    monkeypatch.setenv("SPEED_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" and default_workdir() == tmp_path / "cache" / "deploy"
+    assert LocalOptions(config=DeployConfig()).workdir == tmp_path / "cache" / "deploy"
+    monkeypatch.delenv("SPEED_CACHE_DIR")
+    assert default_workdir() == Path(".speed-cache") / "deploy"
+
+
 def test_cli_help_lists_deploy_commands():
     out = subprocess.run([sys.executable, "-m", "speed.cli.main", "deploy", "--help"], capture_output=True,
                          text=True, timeout=120)

@@ -95,10 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _config_args(loc)
     g = loc.add_argument_group("local federation")
-    g.add_argument("--workdir", type=opt.output_dir, default=Path(".speed-deploy"),
-                   help="parties' state and per-run files (default .speed-deploy)")
-    g.add_argument("--cache-dir", type=opt.output_dir, default=Path(".speed-cache"),
-                   help="compiled circuits and teacher checkpoints (default .speed-cache)")
+    g.add_argument("--workdir", type=opt.output_dir, default=None,
+                   help="parties' state and per-run files (default CACHE_DIR/deploy)")
+    g.add_argument("--cache-dir", type=opt.output_dir, default=None,
+                   help="compiled circuits and teacher checkpoints (default $SPEED_CACHE_DIR or .speed-cache)")
     g.add_argument("--teacher-table", type=opt.existing_file, default=None, help="task table: (rows, N) .npy of teacher labels")
     g.add_argument("--no-node-auth", action="store_true", help="do not authenticate SuperNodes (TLS stays on)")
     g.add_argument("--start-holders", type=opt.nonnegative_int, nargs="*", default=None,
@@ -125,10 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _config_args(sim)
     sim.set_defaults(vote_timeout=900.0, setup_timeout=3600.0)
     g = sim.add_argument_group("simulated federation")
-    g.add_argument("--workdir", type=opt.output_dir, default=Path(".speed-deploy/simulation"),
-                   help="parties' state and per-run files (default .speed-deploy/simulation)")
-    g.add_argument("--cache-dir", type=opt.output_dir, default=Path(".speed-cache"),
-                   help="compiled circuits and teacher checkpoints (default .speed-cache)")
+    g.add_argument("--workdir", type=opt.output_dir, default=None,
+                   help="parties' state and per-run files (default CACHE_DIR/deploy/simulation)")
+    g.add_argument("--cache-dir", type=opt.output_dir, default=None,
+                   help="compiled circuits and teacher checkpoints (default $SPEED_CACHE_DIR or .speed-cache)")
     g.add_argument("--teacher-table", type=opt.existing_file, default=None, help="task table: (rows, N) .npy of teacher labels")
     g.add_argument("--cpus-per-node", type=opt.positive_int, default=1,
                    help="CPUs ray reserves per ClientApp worker; workers = cores / this (default 1)")
@@ -161,11 +161,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     pad.set_defaults(func=run_pad_key_cmd)
 
 
+def _dirs(args: argparse.Namespace, sub: str = "") -> tuple[Path, Path]:
+    """--cache-dir (default $SPEED_CACHE_DIR or .speed-cache) and --workdir (default under the cache dir)."""
+    from speed.deploy.config import default_cache_dir
+
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    work = args.workdir if args.workdir is not None else cache / "deploy" / sub
+    return opt.check_output_dir(work, "--workdir"), cache
+
+
 def run_local_cmd(args: argparse.Namespace) -> int:
     from speed.deploy.local import LocalOptions, run_local
 
+    workdir, cache_dir = _dirs(args)
     options = LocalOptions(
-        config=_config(args), workdir=args.workdir, cache_dir=args.cache_dir, teacher_table=args.teacher_table,
+        config=_config(args), workdir=workdir, cache_dir=cache_dir, teacher_table=args.teacher_table,
         node_auth=not args.no_node_auth, start_holders=args.start_holders, kill_holder=args.kill_holder,
         kill_after=args.kill_after, timeout=args.timeout,
     )
@@ -186,7 +196,8 @@ def _report(result: dict) -> int:
 def run_simulate_cmd(args: argparse.Namespace) -> int:
     from speed.deploy.simulation import SimulationOptions, run_simulation
 
-    options = SimulationOptions(config=_config(args), workdir=args.workdir, cache_dir=args.cache_dir,
+    workdir, cache_dir = _dirs(args, "simulation")
+    options = SimulationOptions(config=_config(args), workdir=workdir, cache_dir=cache_dir,
                                 teacher_table=args.teacher_table, cpus_per_node=args.cpus_per_node,
                                 timeout=args.timeout)
     if args.json_only:

@@ -7,6 +7,9 @@
   (:mod:`speed.deploy.holder_node`), chosen by ``--node-config``;
 * :mod:`speed.deploy.records` — ``speed.messages`` in Flower records;
 * :mod:`speed.deploy.sealing` — pads sealed owner → holder, unreadable by the router;
+* :mod:`speed.deploy.launcher` — what ``deploy local`` and ``deploy simulate`` share: run
+  directory, ``flwr run --stream`` relayed, the job summary read from the ServerApp's JSON file,
+  every process stopped;
 * :mod:`speed.deploy.local` — ``speed deploy local``: the whole federation on loopback;
 * :mod:`speed.deploy.simulation` — ``speed deploy simulate``: the same app on Flower's
   simulation engine (N virtual holders + the owner, ray workers);

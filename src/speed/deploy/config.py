@@ -31,6 +31,20 @@ APP_PUBLISHER = "speed"
 SERVER_APP = "speed.deploy.server_app:app"
 CLIENT_APP = "speed.deploy.client_app:app"
 TASKS = ("digits", "table")
+#: Run-config key (only in the app a launcher writes): where the ServerApp writes the job's JSON summary.
+SUMMARY_FILE = "summary-file"
+
+
+def default_cache_dir() -> Path:
+    """Compiled circuits, keys, teachers: ``$SPEED_CACHE_DIR`` or ``.speed-cache``."""
+    return Path(os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
+
+
+def default_workdir() -> Path:
+    """Where ``speed deploy local`` keeps the parties' state and its runs: under the cache directory."""
+    return default_cache_dir() / "deploy"
+
+
 #: Noise mechanisms a deployed job runs (integer shares), as in ``speed demo``.
 MECHANISMS = ("skellam", "lattice")
 #: Publishable ε planned when neither --target-epsilon nor --sigma is given (the value of

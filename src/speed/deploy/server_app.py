@@ -15,7 +15,10 @@ function calls, and computes only with :class:`speed.server.AggregationServer`:
    labels; ``query.labels`` to the owner, which records the batch in its ledger, then
    decrypts, and returns an acknowledgement (counts and ε only: the server never sees
    a label) with the pads of the next batch.
-5. ``query.finish``: the owner's summary; this app prints one JSON line ``[speed] SUMMARY``.
+5. ``query.finish``: the owner's summary; this app prints one JSON line ``[speed] SUMMARY`` (for an
+   operator running ``flwr run`` by hand) and, when the run config names a ``summary-file``
+   (``speed deploy local`` and ``simulate`` do), writes the summary there as JSON: that file,
+   not the log stream, is what the launcher reads (:mod:`speed.deploy.launcher`).
 
 Shared pads (the default): with the pads of every batch the owner sends the server that batch's
 *shell* (the pad's seeds, bodies zeroed; :mod:`speed.crypto.shared`), and with stand-ins a new
@@ -31,14 +34,16 @@ cannot open.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
 from speed import messages
 from speed.crypto.seeded import KEYLESS_PAD_MODES
 from speed.deploy import records
-from speed.deploy.config import DeployConfig
+from speed.deploy.config import SUMMARY_FILE, DeployConfig
 from speed.errors import SpeedError
 
 try:  # the ServerApp object only where Flower is importable (it always is with speed's deps)
@@ -429,6 +434,16 @@ def run_job(grid, config: DeployConfig, session: str = "", log: Callable[[str], 
     return Job(grid, config, session, log).run()
 
 
+def write_summary(path: str | os.PathLike, summary: dict[str, Any], log: Callable[[str], None] = _log) -> None:
+    """The job summary as a JSON file (atomically: a reader sees all of it or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    log(f"job summary written to {path}")
+
+
 if app is not None:
 
     @app.main()
@@ -437,6 +452,10 @@ if app is not None:
             config = DeployConfig.from_run_config(context.run_config)
         except (SpeedError, ValueError) as exc:
             _log(f"STOPPED: bad run config: {exc}")
-            _log("SUMMARY " + json.dumps({"status": "stopped", "reason": f"bad run config: {exc}"}))
-            return
-        run_job(grid, config, session=str(context.run_id))
+            summary = {"status": "stopped", "reason": f"bad run config: {exc}"}
+            _log("SUMMARY " + json.dumps(summary))
+        else:
+            summary = run_job(grid, config, session=str(context.run_id))
+        # the launcher (speed deploy local / simulate) names this file in the run config and reads it
+        if context.run_config.get(SUMMARY_FILE):
+            write_summary(str(context.run_config[SUMMARY_FILE]), summary)

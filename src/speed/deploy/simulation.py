@@ -6,7 +6,8 @@ real deployment; only the transport changes.  A ``flower-superlink --simulation`
 (TLS on loopback, started for the run) receives the job from ``flwr run --stream``
 with a federation of N + 1 *virtual* SuperNodes; Flower's simulation engine (ray)
 runs their ClientApp in a small pool of worker processes instead of one SuperNode
-process per party.
+process per party.  Starting, streaming, the summary file and stopping are the launcher's
+(:mod:`speed.deploy.launcher`), shared with ``speed deploy local``.
 
 A virtual SuperNode's node config has only ``partition-id`` and ``num-partitions``,
 so the app carries a ``simulation-dir`` in its run config and
@@ -25,12 +26,10 @@ end, also on Ctrl-C or failure; peak memory of all of them together is sampled.
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,13 +44,13 @@ from speed.deploy.config import (
     SIM_TEACHER_TABLE,
     DeployConfig,
     check_job_inputs,
-    write_app_dir,
+    default_cache_dir,
+    default_workdir,
 )
-from speed.deploy.local import _ANSI, _bin, _free_ports, _wait_port, job_report, resolve_noise
-from speed.deploy.processes import ProcessSet, memory_of, processes_with_token, signals_interrupt
-from speed.deploy.sealing import HolderPadKey
+from speed.deploy.launcher import Session, bin_path, free_ports, launch, stream_job, wait_port
+from speed.deploy.processes import memory_of, processes_with_token
 from speed.deploy.tls import make_certificates
-from speed.errors import InputError, SpeedError
+from speed.errors import InputError
 
 __all__ = ["SimulationOptions", "ray_available", "run_simulation"]
 
@@ -67,8 +66,8 @@ def ray_available() -> bool:
 @dataclass
 class SimulationOptions:
     config: DeployConfig
-    workdir: Path = Path(".speed-deploy/simulation")
-    cache_dir: Path = Path(".speed-cache")
+    workdir: Path = field(default_factory=lambda: default_workdir() / "simulation")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     teacher_table: Path | None = None  # task "table": the holders' prediction table (.npy)
     cpus_per_node: int = 1  # ray CPUs per ClientApp worker: workers = cores / this (Flower wants an integer)
     timeout: float = 3600.0  # whole run, seconds
@@ -137,134 +136,60 @@ def run_simulation(options: SimulationOptions) -> dict[str, Any]:
     if not ray_available():
         raise InputError(f"Flower's simulation engine needs ray, which is not installed: {RAY_HINT}")
     check_simulation_options(options)
-    config = resolve_noise(options.config, options.on_line)
-    started_at = time.perf_counter()
-    workdir = options.workdir.expanduser().resolve()
-    cache_dir = options.cache_dir.expanduser().resolve()
-    run_dir = workdir / "runs" / (time.strftime("%Y%m%dT%H%M%S") + f"-sim-{os.getpid()}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    flwr_home = run_dir / "flwr-home"
-    flwr_home.mkdir()
     ray_tmp = Path(tempfile.mkdtemp(prefix="speed-ray-"))  # short: ray's unix socket paths must fit 107 bytes
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(ray_tmp), "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+           "RAY_DEDUP_LOGS": "0"}
 
-    env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONWARNINGS": "ignore:pkg_resources is deprecated:UserWarning",
-        "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(ray_tmp), "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "RAY_DEDUP_LOGS": "0",
-    })
-    procs = ProcessSet(run_dir / "logs", env)
-    sampler = MemorySampler(procs.token, options.sample_interval, options.heartbeat, options.on_line)
-    stop_report: dict[str, Any] = {}
+    def body(session: Session) -> dict[str, Any]:
+        sampler = MemorySampler(session.procs.token, options.sample_interval, options.heartbeat, session.say)
+        session.report["simulation"] = {
+            "engine": "Flower simulation runtime (flower-superlink --simulation, ray backend)",
+            "virtual_supernodes": session.config.holders + 1, "cpus_per_node": options.cpus_per_node,
+            "cpu_count": os.cpu_count(), "memory": {},
+        }
+        session.on_stop.append(lambda: session.report["simulation"].update(memory=sampler.stop()))
+        sampler.start()
+        return _run(options, session, sampler)
 
-    def stop(*_: Any) -> None:
-        stop_report.update(procs.stop_all(), token=procs.token)
-
-    atexit.register(stop)
-    summary: dict[str, Any] | None = None
-    status, reason = "failed", None
-    memory: dict[str, Any] = {}
     try:
-        with signals_interrupt():
-            try:
-                sampler.start()
-                summary = _run(options, config, workdir, cache_dir, run_dir, flwr_home, procs, sampler)
-                status, reason = summary.get("status", "failed"), summary.get("reason")
-            except KeyboardInterrupt as exc:
-                status, reason = "interrupted", f"interrupted ({exc or 'Ctrl-C'}): every process is being stopped"
-                options.on_line(f"[speed] {reason}")
-            except SpeedError as exc:
-                status, reason = "failed", str(exc)
-            finally:
-                memory = sampler.stop()
-                stop()
+        return launch(options.config, options.workdir, options.cache_dir, "-sim", options.on_line, body, env=env,
+                      node_auth=False)
     finally:
-        atexit.unregister(stop)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    result = job_report(config, workdir, run_dir, summary or {}, status, reason, stop_report,
-                        time.perf_counter() - started_at, node_auth=False)
-    result["simulation"] = {
-        "engine": "Flower simulation runtime (flower-superlink --simulation, ray backend)",
-        "virtual_supernodes": config.holders + 1, "cpus_per_node": options.cpus_per_node,
-        "cpu_count": os.cpu_count(), "memory": memory,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
-    return result
 
 
-def _run(options: SimulationOptions, config: DeployConfig, workdir: Path, cache_dir: Path, run_dir: Path,
-         flwr_home: Path, procs: ProcessSet, sampler: MemorySampler) -> dict[str, Any]:
-    say = options.on_line
+def _run(options: SimulationOptions, session: Session, sampler: MemorySampler) -> dict[str, Any]:
+    say, procs, config, run_dir = session.say, session.procs, session.config, session.run_dir
     n = config.holders
     certs = make_certificates(run_dir / "certs")
-    (link_port,) = _free_ports(1)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{link_port}"\nroot-certificates = "{certs.ca_cert}"\n'
-    )
+    (link_port,) = free_ports(1)
+    session.connect(CONNECTION, link_port, certs.ca_cert)
     table = str(Path(options.teacher_table).expanduser().resolve()) if options.teacher_table else ""
-    app_dir = write_app_dir(run_dir / "app", config,
-                            extra={SIM_DIR: str(workdir), SIM_CACHE_DIR: str(cache_dir), SIM_TEACHER_TABLE: table})
-
+    app_dir = session.write_app({SIM_DIR: str(session.workdir), SIM_CACHE_DIR: str(session.cache_dir),
+                                 SIM_TEACHER_TABLE: table})
     # holders' pad keys, pinned for the owner (as speed deploy local does; out of band in a real federation)
-    pins = workdir / "holder-keys"
-    pins.mkdir(parents=True, exist_ok=True)
-    for stale in pins.glob("holder-*.pub"):
-        stale.unlink()
-    for i in range(n):
-        (pins / f"holder-{i}.pub").write_text(HolderPadKey(workdir / f"holder-{i}").public_hex() + "\n")
+    session.pin_holder_keys(session.workdir / "holder-keys")
 
-    argv = [_bin("flower-superlink"), "--simulation", "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile",
+    argv = [bin_path("flower-superlink"), "--simulation", "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile",
             str(certs.server_cert), "--ssl-keyfile", str(certs.server_key), "--host", "127.0.0.1",
             "--port", str(link_port), "--disable-runtime-dependency-installation"]
     say(f"[speed] starting flower-superlink --simulation on 127.0.0.1:{link_port} (TLS); "
         f"{n + 1} virtual SuperNodes (holders 0..{n - 1}, owner = partition {n})")
     link = procs.start("superlink", argv)
-    _wait_port(link_port, link, 60, "flower-superlink", procs.log_dir / "superlink.log")
+    wait_port(link_port, link, 60, "flower-superlink", procs.log_dir / "superlink.log")
 
     federation = {"num-supernodes": n + 1, "client-resources-num-cpus": int(options.cpus_per_node),
                   "client-resources-num-gpus": 0.0}
-    argv = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", *config.run_config_args()]
+    argv = [bin_path("flwr"), "run", str(app_dir), CONNECTION, "--stream", *config.run_config_args()]
     for key, value in federation.items():
         argv += ["--federation-config", f"{key}={json.dumps(value)}"]
-    flwr = procs.start("flwr-run", argv, capture=True, cwd=str(run_dir))
-    summary: dict[str, Any] | None = None
-    deadline = time.monotonic() + options.timeout
-    log = open(procs.log_dir / "flwr-run.log", "a")
-    timer = threading.Timer(options.timeout, lambda: procs.kill("flwr-run"))
-    timer.daemon = True
-    timer.start()
-    try:
-        assert flwr.stdout is not None
-        for raw in flwr.stdout:
-            line = _ANSI.sub("", raw.decode(errors="replace")).rstrip()
-            log.write(line + "\n")
-            log.flush()
-            if "[speed]" not in line:
-                continue
-            line = line[line.index("[speed]"):]
-            if line.startswith("[speed] SUMMARY "):
-                summary = json.loads(line[len("[speed] SUMMARY "):])
-                break
-            say(line)
-            sampler.last_line = time.monotonic()
-    finally:
-        timer.cancel()
-        log.close()
+
+    def heard(line: str) -> None:
+        sampler.last_line = time.monotonic()
+
+    summary = stream_job(session, argv, options.timeout, on_line=heard)
     if summary is None:
-        if time.monotonic() >= deadline:
-            return {"status": "timeout", "reason": f"no summary within --timeout {options.timeout:g} s"}
-        try:
-            flwr.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         dead = "superlink exited during the run; " if link.poll() is not None else ""
         return {"status": "failed", "reason": f"{dead}flwr run ended without a summary; labels and ledger records so "
                                               f"far are kept, rerun to resume (logs: {procs.log_dir})"}
-    try:
-        flwr.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
     return summary
