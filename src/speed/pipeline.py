@@ -90,7 +90,8 @@ class RunConfig:
         if num_classes is not None:
             if num_classes < 2:
                 raise InputError("the dataset must have at least 2 classes")
-            circuit_spec(self, num_classes)  # the noise bound and the circuit's ranges
+            if self.mechanism == "lattice" and self.target_epsilon is None:
+                circuit_spec(self, num_classes)  # the noise bound and the circuit's ranges (cheap here)
 
 
 #: Noise mechanisms the encrypted pipeline runs (integer shares); "gamma" is clear-text only.
@@ -266,7 +267,8 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     if config.queries > splits.pool_size:
         raise InputError(f"--queries {config.queries} exceeds the public pool of {splits.pool_size} points "
                          f"of {dataset.name}")
-    noise = noise_mechanism(config)
+    noise = noise_mechanism(config)  # calibration: only once the number of queries is known to be sane
+    circuit_spec(config, dataset.num_classes, noise)  # the noise bound and the circuit's ranges
     refuse_unanswerable(config, noise)
 
     start = time.perf_counter()
