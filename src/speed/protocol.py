@@ -1,7 +1,7 @@
 """The SPEED protocol run in one process: the same message objects the Flower deployment
 carries (``speed.messages``), passed by function call instead of over the network.
 
-Per batch of public queries (SPEC §2): owner → holders pads; holders → server encrypted
+Per batch of public queries (docs/spec.md §2): owner → holders pads; holders → server encrypted
 noisy votes; server → owner encrypted argmax; owner records the batch in the privacy
 ledger (``before_release``) and only then decrypts and releases the labels.
 """

@@ -22,7 +22,7 @@ from speed.protocol import label_queries, setup_parties
 
 
 def paper_spec(num_holders: int, num_classes: int, **overrides: Any) -> CircuitSpec:
-    """The circuit at the paper's noise (γ = 3.3, SPEC §6), P = 1 and a noise failure of 1e-12 per
+    """The circuit at the paper's noise (γ = 3.3, docs/spec.md §6), P = 1 and a noise failure of 1e-12 per
     query; ``overrides`` are further :class:`CircuitSpec` fields (batch_size, argmax, ...)."""
     bound = choose_noise_bound(num_holders, num_classes, 1 / 3.3, 1, 1e-12)
     return CircuitSpec(num_holders=num_holders, num_classes=num_classes, noise_bound=bound, **overrides)

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "privacy",
         help="privacy accounting: per-query ε, total ε of answered queries, ledger status",
         description=(
-            "SPEED's collusion-aware privacy accountant (SPEC §4). Without --counts, prints the "
+            "SPEED's collusion-aware privacy accountant (docs/spec.md §4). Without --counts, prints the "
             "per-query ε for each τ; with --counts (a (Q, K) .npy array of vote counts), prints "
             "the data-independent (publishable) and data-dependent (not publishable) ε; with "
             "--ledger, the running ε of an owner's privacy ledger."
@@ -146,7 +146,7 @@ def _per_query(args: argparse.Namespace) -> int:
         _print_table(f"per-query ε, lattice mechanism, γ = {args.gamma:g}, P = {args.resolution}",
                      ["τ", "ε (argmax bound)", "ε (histogram bound)"], rows, None)
     else:
-        _print_table(f"per-query ε (SPEC §4), γ = {args.gamma:g}",
+        _print_table(f"per-query ε (docs/spec.md §4), γ = {args.gamma:g}",
                      ["τ", "ε_q", "ε₁", "ε₂"], rows, None)
     return 0
 

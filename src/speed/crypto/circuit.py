@@ -15,7 +15,7 @@ is a valid input of ``aggregate``:
     ⌈log2 K⌉ rounds; each extracts the bits of ``c_a − c_b`` once (sign and the chunks of
     relu(c_a − c_b) that select the larger sum) and carries the winner's index.  129 PBS per
     query at K = 10, N = 250.
-  - ``"all-pairs"`` (:func:`all_pairs_argmax`, SPEC §5 at depth 2): for every pair i < j,
+  - ``"all-pairs"`` (:func:`all_pairs_argmax`, docs/spec.md §5 at depth 2): for every pair i < j,
     ``g_ij = [trunc(c_i − c_j, w − 2) ≥ 0]`` (truncation is a floor, so its sign is exactly
     the difference's), ``s_k = Σ_{j>k} g_kj + Σ_{i<k} (1 − g_ik)`` (clear ±1 matrix, leveled),
     ``label = Σ_k k·[s_k = K − 1]``.  (w − 1) PBS per pair plus K equality tests: 415 PBS per

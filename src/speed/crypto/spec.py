@@ -1,6 +1,6 @@
 """What the encrypted circuit is compiled for, and the exactness bounds that follow.
 
-Encoding (SPEC §3b, §5).  Holder i sends, for every class k of every query in a batch,
+Encoding (docs/spec.md §3b, §5).  Holder i sends, for every class k of every query in a batch,
 the integer ``v_ik = P·e_ik + clip(η_ik, −S, S)`` where e_i is its one-hot vote, P the
 lattice resolution (one vote = P steps), η_ik its lattice noise share and S the share
 bound (:attr:`CircuitSpec.share_bound`, as large as the circuit's integer width allows).
@@ -39,7 +39,7 @@ from scipy import stats
 from speed.errors import InputError
 from speed.privacy.lattice import lattice_tail_probability, noise_bound_for
 
-#: Sanity limits on the configuration (SPEC §5 costs grow as K²; docs/he-engine.md has measurements).
+#: Sanity limits on the configuration (docs/spec.md §5 costs grow as K²; docs/he-engine.md has measurements).
 MAX_CLASSES = 256
 MAX_HOLDERS = 10_000
 

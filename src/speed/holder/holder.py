@@ -1,6 +1,6 @@
-"""Data holder (teacher side) of SPEC §2, steps 1–3.
+"""Data holder (teacher side) of docs/spec.md §2, steps 1–3.
 
-Per query: one-hot vote e ∈ {0,1}^K of the teacher, lattice noise share η (SPEC §3b),
+Per query: one-hot vote e ∈ {0,1}^K of the teacher, lattice noise share η (docs/spec.md §3b),
 encoded value v = P·e + clip(η, −S, S), encrypted with a one-time pad of the owner: Δ·v added to
 a seeded pad's bodies or to a share of one pad's bodies (no keys at all), or ``encode`` run on
 the pad (evaluation keys only, never a secret key).

@@ -1,4 +1,4 @@
-"""The model owner (SPEC §2 steps 5–6): compiles the circuit, holds the keys, issues pads,
+"""The model owner (docs/spec.md §2 steps 5–6): compiles the circuit, holds the keys, issues pads,
 decrypts one label per query."""
 
 from __future__ import annotations

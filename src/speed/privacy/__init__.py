@@ -1,8 +1,8 @@
 """SPEED's differential-privacy layer: distributed noise shares, the collusion-aware
 accountant (continuous and lattice mechanisms) and the owner's durable privacy ledger.
 
-* :mod:`speed.privacy.noise` — noise shares (SPEC §3, §3b).
-* :mod:`speed.privacy.accountant` — the paper's analysis for Gamma-difference noise (SPEC §4).
+* :mod:`speed.privacy.noise` — noise shares (docs/spec.md §3, §3b).
+* :mod:`speed.privacy.accountant` — the paper's analysis for Gamma-difference noise (docs/spec.md §4).
 * :mod:`speed.privacy.lattice` — rigorous accountant for the lattice noise of the encrypted
   pipeline, and the noise bound / overflow probability for the circuit's range.
 * :mod:`speed.privacy.ledger` — append-only fsync-ed ledger and budget guard.

@@ -1,4 +1,4 @@
-"""SPEED's privacy accountant for the continuous (Gamma-difference) noise (SPEC §3–§4).
+"""SPEED's privacy accountant for the continuous (Gamma-difference) noise (docs/spec.md §3–§4).
 
 Everything here is a pure function of public parameters (γ = 1/λ, τ, δ, the number of
 moments) and, for the data-dependent bound only, of the vote counts.
@@ -6,7 +6,7 @@ moments) and, for the data-dependent bound only, of the vote counts.
 Notation (unit-scale variables, λ = 1 unless a ``scale`` argument says otherwise):
 
 * ``W_s = Gamma(s, 1) − Gamma(s, 1)``: symmetric variance-gamma law.  With τN secret
-  shares the protecting noise on one class count is ``Z_τ = λ W_τ`` (SPEC §3), and the
+  shares the protecting noise on one class count is ``Z_τ = λ W_τ`` (docs/spec.md §3), and the
   difference of two classes' noises is ``λ W_{2τ}`` (four independent gammas).
 * density ``f_s(x) = |x|^{s−1/2} K_{s−1/2}(|x|) / (√π Γ(s) 2^{s−1/2})``;
   ``f_s(0) = Γ(s − 1/2) / (2√π Γ(s))`` for s > 1/2 (infinite for s ≤ 1/2).
@@ -15,14 +15,14 @@ Notation (unit-scale variables, λ = 1 unless a ``scale`` argument says otherwis
 * tail ``Pr[W_s > x] = e^{−x} ∫_0^∞ f̃_s(x + u) e^{−u} du`` with the exponentially scaled
   density ``f̃_s(y) = f_s(y) e^{y}`` (``scipy.special.kve``): log-space, no underflow.
 
-Per-query ε (SPEC §4, the paper's analysis), F the CDF of Z_τ in vote units
+Per-query ε (docs/spec.md §4, the paper's analysis), F the CDF of Z_τ in vote units
 (F(t) = Pr[W_τ ≤ γ t]), ``g(t) = (1 − F(t)) / (1 − F(t + 2))``:
 
 * ε₁ = ln(1 + (F(1) − F(−1)) / (1 − F(2)))
 * ε₂ = ln(g(0) − g'(0)) (τ > 1/2 only: needs f(0) < ∞)
 * ε_q = min(ε₁, ε₂) for τ > 1/2, ε₁ otherwise; τ = 1 gives exactly 2γ.
 
-Data-dependent q (SPEC §4): the paper's closed-form bound on
+Data-dependent q (docs/spec.md §4): the paper's closed-form bound on
 ``Pr[W_{2τ} > Δ]`` summed over the runner-ups, then ``min(q, 1 − 1/K)``.
 
 Moments accountant (PATE 2017, Theorems 2 and 3), orders l = 1..L:
@@ -216,7 +216,7 @@ def _check_shape(shape: float, scale: float) -> tuple[float, float]:
 
 
 def vg_pdf(t: Any, tau: float, scale: float = 1.0) -> np.ndarray:
-    """Density of Z_τ = Gamma(τ, λ) − Gamma(τ, λ) at t (SPEC §3); any shape τ > 0."""
+    """Density of Z_τ = Gamma(τ, λ) − Gamma(τ, λ) at t (docs/spec.md §3); any shape τ > 0."""
     tau, lam = _check_shape(tau, scale)
     x = np.abs(np.asarray(t, dtype=np.float64)) / lam
     out = np.empty_like(x)
@@ -277,14 +277,14 @@ def _per_query_parts(gamma: float, tau: float) -> tuple[float, float]:
 
 
 def per_query_epsilon_parts(gamma: float, tau: float) -> dict[str, float]:
-    """ε₁, ε₂ (``inf`` where not applicable) and ε_q = their minimum (SPEC §4)."""
+    """ε₁, ε₂ (``inf`` where not applicable) and ε_q = their minimum (docs/spec.md §4)."""
     g, t = check_gamma(gamma), check_tau(tau)
     eps1, eps2 = _per_query_parts(g, t)
     return {"eps1": eps1, "eps2": eps2, "epsilon": min(eps1, eps2)}
 
 
 def per_query_epsilon(gamma: float, tau: float) -> float:
-    """Pure ε of one noisy-argmax answer with τN secret shares (SPEC §4); 2γ for τ = 1."""
+    """Pure ε of one noisy-argmax answer with τN secret shares (docs/spec.md §4); 2γ for τ = 1."""
     g, t = check_gamma(gamma), check_tau(tau)
     if t == 1.0:
         return 2.0 * g

@@ -1,4 +1,4 @@
-"""Accountant for the lattice-native noise that the encrypted pipeline really adds (SPEC §3b).
+"""Accountant for the lattice-native noise that the encrypted pipeline really adds (docs/spec.md §3b).
 
 Units: noisy counts live on the lattice (1/P)·Z and are handled in *lattice steps*, so one
 vote is ``P = resolution`` steps.  With ``θ = e^{−1/(λP)} = e^{−γ/P}`` (``γ = 1/λ``) and

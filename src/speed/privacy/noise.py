@@ -1,4 +1,4 @@
-"""Distributed differential-privacy noise shares (SPEC §3 and §3b).
+"""Distributed differential-privacy noise shares (docs/spec.md §3 and §3b).
 
 Three families of shares, all summing *exactly* over the N holders:
 
@@ -142,7 +142,7 @@ def sample_shares(
 ) -> np.ndarray:
     """Continuous shares, shape (num_holders, num_classes): Gamma(1/N, λ) − Gamma(1/N, λ).
 
-    Σ over holders ~ Laplace(0, λ) per class (SPEC §3).  ``rng=None`` draws from the OS CSPRNG.
+    Σ over holders ~ Laplace(0, λ) per class (docs/spec.md §3).  ``rng=None`` draws from the OS CSPRNG.
     ``rows`` (default num_holders) draws that many holders' shares, e.g. ``rows=1`` for
     one holder's own share.
     """
@@ -160,7 +160,7 @@ def sample_shares(
 
 
 def lattice_success_probability(scale: float, resolution: int) -> float:
-    """SPEC §3b's p = 1 − e^{−1/(λP)}, numpy's/scipy's NB success probability."""
+    """docs/spec.md §3b's p = 1 − e^{−1/(λP)}, numpy's/scipy's NB success probability."""
     return float(-np.expm1(-1.0 / (scale * resolution)))
 
 
@@ -172,7 +172,7 @@ def sample_lattice_shares(
     rng: np.random.Generator | None = None,
     rows: int | None = None,
 ) -> np.ndarray:
-    """Integer lattice shares in steps of 1/resolution vote (SPEC §3b).
+    """Integer lattice shares in steps of 1/resolution vote (docs/spec.md §3b).
 
     Each entry is X − Y with X, Y i.i.d. NegativeBinomial(r = 1/num_holders,
     p = 1 − e^{−1/(λP)}); the sum of ``num_holders`` shares is
