@@ -282,7 +282,7 @@ def test_budget_projection_counts_what_the_ledger_holds(tmp_path):
     with PrivacyLedger(path, run_id="earlier", gamma=0.5, tau=1.0, mechanism="lattice", resolution=1) as led:
         led.record(0)
         led.record(1)  # ε = 2 (2γ per query)
-    config = RunConfig(holders=3, queries=4, batch_size=2, gamma=0.5, max_epsilon=2.5, ledger=str(path))
+    config = RunConfig(holders=3, queries=4, batch_size=2, mechanism="lattice", gamma=0.5, max_epsilon=2.5, ledger=str(path))
     with pytest.raises(BudgetExhaustedError, match="from 2 to 4 .*already holds 2 queries"):
         refuse_unanswerable(config)
     refuse_unanswerable(replace(config, max_epsilon=4.0))  # the first batch fits (the second would not)
@@ -290,3 +290,30 @@ def test_budget_projection_counts_what_the_ledger_holds(tmp_path):
     assert not (tmp_path / "new.jsonl").exists()  # nothing created by the check
     with pytest.raises(BudgetExhaustedError, match="first batch of 2 queries"):
         refuse_unanswerable(replace(config, ledger=None, max_epsilon=1.5))
+
+
+def test_budget_projection_with_skellam_noise(tmp_path):
+    """The same early refusal with the default Skellam noise: the projection is the publishable PLD ε,
+    and a ledger of the paper's accounting or of another σ is refused before any work."""
+    from dataclasses import replace
+
+    from speed.errors import BudgetExhaustedError, InputError
+    from speed.pipeline import RunConfig, noise_mechanism, refuse_unanswerable
+    from speed.privacy import PrivacyLedger
+    from speed.privacy.pld import publishable_epsilon
+
+    config = RunConfig(holders=3, queries=4, batch_size=2, sigma=2.0)
+    first = publishable_epsilon(noise_mechanism(config), 2, config.delta)
+    refuse_unanswerable(replace(config, max_epsilon=first * 1.01))
+    with pytest.raises(BudgetExhaustedError, match="publishable ε from 0 to"):
+        refuse_unanswerable(replace(config, max_epsilon=first * 0.99))
+    lattice = tmp_path / "lattice.jsonl"
+    with PrivacyLedger(lattice, gamma=0.5, tau=1.0, mechanism="lattice", resolution=1) as led:
+        led.record(0)
+    with pytest.raises(InputError, match="paper's accounting"):
+        refuse_unanswerable(replace(config, ledger=str(lattice)))
+    other = tmp_path / "other.jsonl"
+    with PrivacyLedger(other, tau=1.0, noise=noise_mechanism(replace(config, sigma=3.0))) as led:
+        led.record(0)
+    with pytest.raises(InputError, match="written under"):
+        refuse_unanswerable(replace(config, ledger=str(other)))
