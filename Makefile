@@ -23,14 +23,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/speed demo
 
-# pytest's status, and then its closing counts: a zero status with failures or no test is not a pass.
+# The linter (ruff, configured in pyproject.toml), pytest's status, and then its closing counts:
+# a zero status with failures or no test is not a pass.
 test: $(STAMP)
 	@mkdir -p .artifacts
+	$(BIN)/ruff check src tests benchmarks
 	set -o pipefail; $(BIN)/python -m pytest -q 2>&1 | tee .artifacts/pytest.log
 	@tail -n 3 .artifacts/pytest.log | grep -Eq '[0-9]+ passed' || { echo "error: pytest reported no passing test"; exit 1; }
 	@! tail -n 3 .artifacts/pytest.log | grep -Eq '[0-9]+ (failed|errors?)\b' || { echo "error: pytest reported failures"; exit 1; }
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-cache:

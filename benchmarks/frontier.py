@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SpeedError(f"vote matrix {votes_path} does not exist; run benchmarks/teachers_scattering.py first")
         with np.load(votes_path) as z:
             pool_votes = z["pool_votes"].astype(np.int64)
-            pool_indices, pool_y = z["pool_indices"], z["pool_y"]
+            pool_indices = z["pool_indices"]
             test_votes, test_y = z["test_votes"].astype(np.int64), z["test_y"]
         ds = load_dataset(args.dataset)
         splits = make_splits(ds, args.holders, seed=args.split_seed)

@@ -29,7 +29,8 @@ from speed.crypto.seeded import PAD_MODES  # noqa: E402
 from speed.crypto.spec import ARGMAX_LAYOUTS  # noqa: E402
 
 COLUMNS = [
-    ("pad_mode", "pads"), ("argmax", "argmax"), ("batch_size", "B"), ("classes", "K"), ("holders", "N"), ("queries", "Q"), ("exact", "exact"),
+    ("pad_mode", "pads"), ("argmax", "argmax"), ("batch_size", "B"), ("classes", "K"), ("holders", "N"), ("queries", "Q"),
+    ("exact", "exact"),
     ("median_server_s_per_query", "server s/query"), ("first_server_call_s", "first call s"),
     ("pbs_per_query", "PBS/query"),
     ("bytes_per_holder_per_query", "holder→server B/query"), ("pad_bytes_per_holder_per_query", "pad B/query"),

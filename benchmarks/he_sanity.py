@@ -119,7 +119,8 @@ def main() -> int:
               f"average at the start {info.get('load_average_1_5_15', ['?'])[0]}. {a.note} K = {a.classes}, "
               f"N = {a.holders}, shared pads (class-sum input), B = 1, two calls side by side, {a.rounds} "
               "alternating rounds after one warm-up round each (round 1 at the extremes of the range)."), "",
-             "| range check | PBS per query | s per query (median) | vs off | rounds | labels exact | checks failed | compile s |",
+             "| range check | PBS per query | s per query (median) | vs off | rounds | labels exact | checks failed "
+             "| compile s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         ratio = f"{r['median_s_per_query'] / base:.2f}×" if base else "–"

@@ -146,7 +146,8 @@ def main() -> int:
                "each circuit in a process of its own, one after the other (today's default first and last, to bracket drift)")
         lines += ["", (f"Encrypted: shared pads (class-sum input), B = 1, two calls side by side, {a.rounds} rounds "
                        f"after one warm-up round (round 1 at the extremes of the range), {how}."), "",
-                  "| circuit | A | w (argmax) | PBS per query | s per query (median) | vs default | rounds | labels exact | compile s |",
+                  "| circuit | A | w (argmax) | PBS per query | s per query (median) | vs default | rounds | labels exact "
+                  "| compile s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             spec = specs[name]

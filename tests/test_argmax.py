@@ -241,7 +241,8 @@ def test_skellam_noise_argmax_is_exact_with_and_without_rounding(skellam_simulat
 def test_rounding_shift_and_skellam_bound():
     from speed.crypto.spec import skellam_noise_bound
 
-    assert reference_argmax(np.array([[3, 4, -1], [-5, -8, -6]]), 2).tolist() == [1, 0]  # ⌊3/4⌋ = 0 < ⌊4/4⌋; ⌊−5/4⌋ = ⌊−8/4⌋ = −2 tie
+    # ⌊3/4⌋ = 0 < ⌊4/4⌋; ⌊−5/4⌋ = ⌊−8/4⌋ = −2 tie
+    assert reference_argmax(np.array([[3, 4, -1], [-5, -8, -6]]), 2).tolist() == [1, 0]
     assert 440 <= skellam_noise_bound(63, 10) <= 480 and 195 <= skellam_noise_bound(28, 10) <= 215
     spec = CircuitSpec(num_holders=250, num_classes=10, noise_bound=skellam_noise_bound(63, 10), rounding_shift=2)
     assert spec.difference_width == 12 and spec.argmax_width == 10

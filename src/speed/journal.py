@@ -33,7 +33,8 @@ Opening verifies every line (checksum, ``seq``, chain) and compares with the hea
 Legacy (pre-journal) files: a client may pass ``legacy=`` to parse its old line format.  On a
 writable open such a file is verified with the old rules and upgraded ONCE to this format
 with a loud warning (losses before the upgrade cannot be detected); a read-only open accepts
-it with a warning.  A file with a head file is never read as legacy.  Read-only opening never repairs anything.  Every repair is reported by a
+it with a warning.  A file with a head file is never read as legacy.  Read-only opening never repairs anything.
+Every repair is reported by a
 :class:`JournalRepairWarning` starting ``repaired:``; every refusal is one
 :class:`speed.errors.SpeedError` line naming the file.
 

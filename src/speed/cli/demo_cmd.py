@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", choices=["supervised", "semi-supervised"], default="supervised")
     p.add_argument("--max-epsilon", type=opt.max_epsilon, default=None,
                    help="privacy budget: stop before the data-independent ε would exceed it")
-    p.add_argument("--ledger", type=opt.ledger_file, default=None, help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
+    p.add_argument("--ledger", type=opt.ledger_file, default=None,
+                   help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
     p.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache", help="compiled circuits and teacher checkpoints")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)

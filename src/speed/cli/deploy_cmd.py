@@ -30,7 +30,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="digits: simulated federation on sklearn digits, one CNN teacher per holder (default); "
                    "table: holders answer from a fixed prediction table (--teacher-table)")
     g.add_argument("--holders", type=opt.holders, default=5, help="number of data holders N (default 5)")
-    g.add_argument("--classes", type=opt.int_range(0, opt.MAX_CLASSES), default=0, help="classes K (task table only; digits has 10)")
+    g.add_argument("--classes", type=opt.int_range(0, opt.MAX_CLASSES), default=0,
+                   help="classes K (task table only; digits has 10)")
     g.add_argument("--queries", type=opt.positive_int, default=10, help="public queries to label Q (default 10)")
     g.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
     g.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
@@ -54,7 +55,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-epsilon", type=opt.nonnegative_float, default=0.0, help="owner's budget on ε (default 0 = none)")
     g.add_argument("--vote-timeout", type=opt.positive_float, default=120.0, help="seconds a holder has per batch (default 120)")
     g.add_argument("--setup-timeout", type=opt.positive_float, default=600.0, help="seconds for setup replies (default 600)")
-    g.add_argument("--job-id", type=opt.job_id, default="", help="ledger run id (default: derived from the settings; a rerun resumes it)")
+    g.add_argument("--job-id", type=opt.job_id, default="",
+                   help="ledger run id (default: derived from the settings; a rerun resumes it)")
 
 
 def _config(args: argparse.Namespace):
@@ -103,8 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-node-auth", action="store_true", help="do not authenticate SuperNodes (TLS stays on)")
     g.add_argument("--start-holders", type=opt.nonnegative_int, nargs="*", default=None,
                    help="start only these holders (default all): the others are missing from the start")
-    g.add_argument("--kill-holder", type=opt.nonnegative_int, default=None, help="fault injection: SIGKILL this holder's SuperNode ...")
-    g.add_argument("--kill-after", type=opt.nonnegative_int, default=1, help="... after this many batches (0: after setup; default 1)")
+    g.add_argument("--kill-holder", type=opt.nonnegative_int, default=None,
+                   help="fault injection: SIGKILL this holder's SuperNode ...")
+    g.add_argument("--kill-after", type=opt.nonnegative_int, default=1,
+                   help="... after this many batches (0: after setup; default 1)")
     g.add_argument("--timeout", type=opt.positive_float, default=1800.0, help="give up after this many seconds (default 1800)")
     g.add_argument("--json-only", action="store_true", help="no progress lines on stderr")
     loc.set_defaults(func=run_local_cmd)

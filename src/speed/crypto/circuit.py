@@ -23,7 +23,8 @@ is a valid input of ``aggregate``:
 
 Parameters: concrete's optimizer at ``security_level`` (128-bit default, concrete's own
 parameter tables) and ``global_p_error`` per query (a call of B queries is compiled for
-``CircuitSpec.call_p_error`` = 1 − (1 − p)^B: every query keeps failure probability p).  The measured trade-offs (time, key sizes) are in docs/he-engine.md.
+``CircuitSpec.call_p_error`` = 1 − (1 − p)^B: every query keeps failure probability p).  The measured trade-offs
+(time, key sizes) are in docs/he-engine.md.
 """
 
 from __future__ import annotations

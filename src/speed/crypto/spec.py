@@ -140,7 +140,8 @@ class CircuitSpec:
         if self.aggregate_input not in AGGREGATE_INPUTS:
             raise InputError(f"aggregate_input must be one of {', '.join(AGGREGATE_INPUTS)}, got {self.aggregate_input!r}")
         if not isinstance(self.rounding_shift, (int, np.integer)) or not 0 <= self.rounding_shift <= self.difference_width - 2:
-            raise InputError(f"rounding shift r must be an integer in [0, {self.difference_width - 2}], got {self.rounding_shift!r}")
+            raise InputError(f"rounding shift r must be an integer in [0, {self.difference_width - 2}], "
+                             f"got {self.rounding_shift!r}")
         object.__setattr__(self, "rounding_shift", int(self.rounding_shift))
         if self.range_check not in RANGE_CHECKS:
             raise InputError(f"range_check must be one of {', '.join(RANGE_CHECKS)}, got {self.range_check!r}")

@@ -88,7 +88,8 @@ class DeployConfig:
     global_p_error: float = 1e-9
     seed: int = 0  # splits, queries, and (unless production-noise) the holders' noise streams
     production_noise: bool = False  # True: holders draw noise from the OS CSPRNG
-    pad_mode: str = "shared"  # "shared": holders add Δ·v to shares of one pad per batch; "seeded": to seeded pads; "encode": run `encode`
+    # "shared": holders add Δ·v to shares of one pad per batch; "seeded": to seeded pads; "encode": run `encode`
+    pad_mode: str = "shared"
     job_id: str = ""  # ledger run id; "" = derived from the settings (a rerun resumes the same job)
     min_holders: int = 0  # continue a batch with at least this many answering holders (0 = all N)
     max_epsilon: float = 0.0  # owner's budget on the data-independent ε (0 = none)

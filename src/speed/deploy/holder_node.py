@@ -172,7 +172,8 @@ class HolderNode:
 
     def vote(self, state: dict[str, Any], batch: messages.QueryBatch, pad: messages.Pad,
              burn_rows: list[int]) -> messages.EncryptedVote:
-        """One batch (``pad`` sealed to this holder, :mod:`speed.deploy.sealing`): teacher vote + noise share, encrypted on the owner's pad (``DataHolder.answer``).
+        """One batch (``pad`` sealed to this holder, :mod:`speed.deploy.sealing`): teacher vote + noise share,
+        encrypted on the owner's pad (``DataHolder.answer``).
 
         ``burn_rows``: sizes of the batches of this job answered in an earlier run (resume);
         in seeded-noise mode their noise is drawn and discarded first so that every batch

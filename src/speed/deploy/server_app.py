@@ -47,7 +47,7 @@ from speed.deploy.config import SUMMARY_FILE, DeployConfig
 from speed.errors import SpeedError
 
 try:  # the ServerApp object only where Flower is importable (it always is with speed's deps)
-    from flwr.app import Context, Message, RecordDict
+    from flwr.app import Context, RecordDict
     from flwr.serverapp import Grid, ServerApp
 
     app = ServerApp()
