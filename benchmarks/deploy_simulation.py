@@ -11,7 +11,7 @@ keys; every holder receives what it needs from scratch).  The labels are checked
 the clear noisy argmax of the very votes and seeded noise shares the holders encrypted
 (``DataHolder.noisy_votes`` with the same seeds, summed in numpy): they must be equal.
 
-Writes ``benchmarks/results/deploy_simulation-N<N>-<date>[-<tag>].json`` with the machine,
+Writes ``benchmarks/results/deploy_simulation/deploy_simulation-N<N>-<date>[-<tag>].json`` with the machine,
 date and load average (other jobs may share the cores: see ``load_average``).
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
 
     from speed.deploy.config import DeployConfig
 
-    out_dir = Path(__file__).parent / "results"
+    out_dir = Path(__file__).parent / "results" / "deploy_simulation"
     out_dir.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"speed-sim-N{args.holders}-"))
     table = teacher_table(max(64, args.queries), args.holders, args.classes)

@@ -8,7 +8,7 @@ Each configuration runs `speed bench he --json` in its own process with a time l
 configuration that cannot run here is reported with the measured reason (time limit,
 exit status, peak memory) instead of a guess.  "server s/query" is the median over the server
 calls after the first (two batches side by side per call on two CPUs; the first call of a keyset
-is 1.5–2× slower and has its own column).  Writes benchmarks/results/he_engine-<date>.json
+is 1.5–2× slower and has its own column).  Writes benchmarks/results/he_engine/he_engine-<date>.json
 and .md (machine, date and the load average at the start included: run it on a quiet machine).
 """
 
@@ -95,7 +95,7 @@ def main() -> int:
              "|" + "---|" * (len(COLUMNS) + 1)]
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(key, "")) for key, _ in COLUMNS) + f" | {r['status']} |")
-    save_result(Path(__file__).parent / "results", "he_engine", {"machine": info, "rows": rows}, lines)
+    save_result(Path(__file__).parent / "results" / "he_engine", "he_engine", {"machine": info, "rows": rows}, lines)
     return 0
 
 

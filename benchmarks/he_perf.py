@@ -9,7 +9,7 @@ samples spent inside them (callees included): bootstraps, key switches, the conv
 bootstrap key to the Fourier domain that concrete's ``RuntimeContext`` does at the start of each
 call, and the expansion of the seeded input ciphertexts.  Needs ``perf`` (Debian: linux-perf) and
 permission to profile (root or ``kernel.perf_event_paranoid`` ≤ 1).  Writes
-``benchmarks/results/he_perf-<date>T<HHMM>.json`` and ``.md``.
+``benchmarks/results/he_perf/he_perf-<date>T<HHMM>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> int:
              "| where | share of the CPU samples (callees included) |", "|---|---|"]
     lines += [f"| {label} | {share:.1f} % |" for label, share in shares.items()]
     lines += [f"| everything else (argument copies, allocation, runtime) | {100 - sum(shares.values()):.1f} % |"]
-    save_result(ROOT / "benchmarks" / "results", "he_perf", result, lines)
+    save_result(ROOT / "benchmarks" / "results" / "he_perf", "he_perf", result, lines)
     return 0
 
 

@@ -14,7 +14,7 @@ two calls side by side in two threads with one OpenMP thread each, as the server
   ciphertexts in (argument conversion, seed expansion, additions), a floor for any argmax.
 
 Also records concrete's parameter choice for the default circuit (bootstraps per parameter set,
-optimizer complexity).  Writes ``benchmarks/results/he_profile-<date>T<HHMM>.json`` and ``.md``;
+optimizer complexity).  Writes ``benchmarks/results/he_profile/he_profile-<date>T<HHMM>.json`` and ``.md``;
 run it on a quiet machine (the load average at the start is recorded).
 """
 
@@ -136,7 +136,7 @@ def main() -> int:
                   "| PBS | polynomial size | GLWE dimension | LWE dimension | level | base log |", "|---|---|---|---|---|---|"]
         lines += [f"| {p['count']} | {p['polynomial_size']} | {p['glwe_dimension']} | {p['input_lwe_dimension']} | "
                   f"{p['level']} | {p['base_log']} |" for p in default["pbs_per_parameter"]]
-    save_result(Path(__file__).parent / "results", "he_profile", {"machine": info, "rows": rows}, lines)
+    save_result(Path(__file__).parent / "results" / "he_profile", "he_profile", {"machine": info, "rows": rows}, lines)
     return 0
 
 

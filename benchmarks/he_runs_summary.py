@@ -1,6 +1,6 @@
 """Pool several runs of ``benchmarks/he_engine.py`` (one configuration, measured at different hours).
 
-    .venv/bin/python benchmarks/he_runs_summary.py benchmarks/results/he_engine-2026-12-01T0350.json ...
+    .venv/bin/python benchmarks/he_runs_summary.py benchmarks/results/he_engine/he_engine-2026-12-01T0350.json ...
 
 On a machine whose speed drifts from hour to hour, one run says little about a target such as
 "median server time ≤ 1.5 s per query".  This reads the runs' JSON files (nothing is re-measured),
@@ -8,7 +8,7 @@ keeps the rows of one configuration (``--classes``, ``--holders``, ``--batch-siz
 ``--pad-mode``) and reports, per run, the median server time per query and its calls; then the
 median of the runs' medians and the median of all calls after each run's first (the first call
 of a keyset pays for loading and is excluded from every median, as in ``he_engine.py``).  Writes
-``benchmarks/results/he_runs_summary-<date>T<HHMM>.json`` and ``.md``.
+``benchmarks/results/he_runs_summary/he_runs_summary-<date>T<HHMM>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--pad-mode", default="shared")
     ap.add_argument("--target", type=float, default=1.5, help="seconds per query the runs are compared with")
-    ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results" / "he_runs_summary")
     a = ap.parse_args()
     from speed.bench.results import save_result
 

@@ -10,7 +10,7 @@ two calls side by side as the server runs them.  The configurations are timed in
 rounds after one warm-up round each (a machine whose speed drifts affects all alike); every round
 encrypts fresh random class sums (holder 0's noise in [−A, A], and one round at the extremes
 −A / N·P + A), and every decrypted label is compared with numpy's argmax of the same sums and
-every range check must pass.  Writes ``benchmarks/results/he/sanity-<UTC stamp>.json`` and ``.md``.
+every range check must pass.  Writes ``benchmarks/results/he_sanity/sanity-<UTC stamp>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-RESULTS = Path(__file__).parent / "results" / "he"
+RESULTS = Path(__file__).parent / "results" / "he_sanity"
 
 
 def random_sums(spec, rng, extremes: bool = False):

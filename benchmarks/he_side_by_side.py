@@ -11,7 +11,7 @@ are measured in alternating rounds in one process (after one warm-up round each)
 machine whose speed drifts (shared 2-vCPU machines do) affects every mode alike.  Time per query
 of a round = its wall time / (B·W); the median over the rounds is reported, every decrypted label
 is checked against numpy's argmax of the same votes.  Writes
-``benchmarks/results/he_side_by_side-<date>T<HHMM>.json`` and ``.md``.
+``benchmarks/results/he_side_by_side/he_side_by_side-<date>T<HHMM>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> int:
     lines += [f"| {r['aggregate_input']} | {r['batch_size']} | {r['calls_side_by_side']} × {r['openmp_threads_per_call']} | "
               f"{r['median_s_per_query']:.2f} | {', '.join(f'{s:.2f}' for s in r['s_per_query_rounds'])} | "
               f"{r['correct']} |" for r in rows]
-    save_result(Path(__file__).parent / "results", "he_side_by_side",
+    save_result(Path(__file__).parent / "results" / "he_side_by_side", "he_side_by_side",
                 {"machine": info, "holders": a.holders, "classes": a.classes, "rounds": a.rounds, "rows": rows}, lines)
     return 0
 

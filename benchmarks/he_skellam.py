@@ -16,7 +16,7 @@ a share ``agreement`` voting the query's class, 30 % of queries split between tw
 Skellam noise of variance σ² per class, how often the argmax of the rounded noisy sums equals the
 argmax of the unrounded noisy sums and the true plurality.
 
-Writes ``benchmarks/results/he/skellam-<UTC stamp>.json`` and ``.md``.
+Writes ``benchmarks/results/he_skellam/skellam-<UTC stamp>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main() -> int:
                          f"{r['median_s_per_query']:.2f} | {r['median_s_per_query'] / base:.2f}× | "
                          f"{', '.join(f'{s:.2f}' for s in r['rounds_s_per_query'])} | {r['exact']}/{r['labels']} | "
                          f"{r['compile_s']:.0f} |")
-    save_result(Path(__file__).parent / "results" / "he", "skellam", payload, lines)
+    save_result(Path(__file__).parent / "results" / "he_skellam", "skellam", payload, lines)
     return 0
 
 

@@ -6,7 +6,7 @@ For each variant (circuit layout or concrete configuration option) this compiles
 in its own process, with a time limit, and records concrete's cost estimate (``complexity``), the
 bootstraps per parameter set, key sizes and compile time.  No keys are generated and nothing runs:
 the estimate ranks variants, ``benchmarks/he_profile.py`` and ``speed bench he`` time them.
-Writes ``benchmarks/results/he_variants-<date>T<HHMM>.json`` and ``.md``.
+Writes ``benchmarks/results/he_variants/he_variants-<date>T<HHMM>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> int:
                      f"{r['bootstrap_key_bytes_streamed_per_call'] / 1e9:.2f} GB | "
                      f"{r['bootstrap_key_bytes'] / 1e6:.0f} MB | {r['keyswitch_key_bytes'] / 1e6:.0f} MB | "
                      f"{r['compile_s']:.0f} |")
-    save_result(Path(__file__).parent / "results", "he_variants", {"machine": info, "rows": rows}, lines)
+    save_result(Path(__file__).parent / "results" / "he_variants", "he_variants", {"machine": info, "rows": rows}, lines)
     return 0
 
 

@@ -295,8 +295,7 @@ class CircuitSpec:
         two queries), so if the call fails with probability ``1 − (1 − p)^B`` each query's label is
         wrong with probability p (:func:`per_query_p_error`).  Budgeting the whole call at p instead
         would make each query's failure probability about p / B, paid for by the whole call (at
-        K = 10, N = 250, B = 10 concrete picks the same parameters under both budgets:
-        ``benchmarks/results/he_variants-2026-11-30T0957.md``).
+        K = 10, N = 250, B = 10 concrete picks the same parameters under both budgets: docs/he-engine.md).
         """
         return float(-math.expm1(self.batch_size * math.log1p(-self.global_p_error)))
 

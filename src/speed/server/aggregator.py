@@ -1,12 +1,9 @@
 """Homomorphic aggregation: sum the holders' encrypted votes and compute the encrypted argmax.
 
-Several batches run at once (``workers``), each circuit call on ``cpus // workers`` threads.
-Measured at K = 10, N = 250 on 2 cores, modes alternating in one process
-(``benchmarks/results/he_side_by_side-2026-11-30T1301.md``, docs/he-engine.md): one call on both
-cores, 3.64 s per query (the tournament's last rounds hold one or two matches and concrete's
-loop parallelism leaves a core waiting); two single-threaded calls side by side, 2.70 s per
-query; ten queries per call (``CircuitSpec.batch_size``; concrete then picks larger
-parameters), 3.17 s, or 3.04 s with two such calls side by side.
+Several batches run at once (``workers``), each circuit call on ``cpus // workers`` threads:
+the tournament's last rounds hold one or two matches and concrete's loop parallelism would
+leave a core waiting, so independent calls side by side use the cores better (measurements:
+docs/he-engine.md).
 """
 
 from __future__ import annotations
