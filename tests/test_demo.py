@@ -62,3 +62,19 @@ def test_demo_json_end_to_end(tmp_path, noise):
         assert p["delta_total_data_dependent"] >= p["delta"] and p["histogram_failure_per_query"] > 0
     assert result["bytes"]["holder_to_server_bytes_per_query"] > 0
     assert result["circuit"]["pbs_per_call"] > 0
+
+
+def test_range_check_option_reaches_the_circuit():
+    """`speed demo --range-check classes` compiles the encrypted range check (tests/test_integrity.py runs it)."""
+    from speed.pipeline import RunConfig, circuit_spec
+
+    config = RunConfig(holders=3, queries=4, batch_size=2, sigma=2.0, range_check="classes")
+    spec = circuit_spec(config, 3)
+    assert spec.range_check == "classes" and spec.range_check_bootstraps > 0
+    assert circuit_spec(RunConfig(holders=3, queries=4, batch_size=2, sigma=2.0), 3).range_check == "off"
+
+
+def test_range_check_bad_value_is_one_line(capsys, tmp_path):
+    assert main(["demo", "--range-check", "maybe", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "--range-check" in err

@@ -74,6 +74,7 @@ def label(
     max_epsilon: float | None = None,
     batch_size: int = 10,
     pad_mode: str = "shared",
+    range_check: str = "off",
     seed: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
@@ -86,7 +87,9 @@ def label(
     new one under the cache directory); ``max_epsilon``: a budget it enforces. ``seed=None`` draws
     the noise from the operating system's CSPRNG; an integer gives reproducible per-holder streams
     (experiments only). ``cache_dir``: compiled circuits and keys (default ``$SPEED_CACHE_DIR`` or
-    ``.speed-cache``). Raises :class:`speed.errors.InputError` on bad input, before any work.
+    ``.speed-cache``). ``range_check``: "classes" or "total" adds an encrypted check that the class
+    sums stayed in the compiled range (a batch that fails raises :class:`speed.errors.CiphertextError`
+    after it was charged). Raises :class:`speed.errors.InputError` on bad input, before any work.
     """
     from speed.holder import DataHolder
     from speed.owner.owner import ModelOwner
@@ -104,7 +107,8 @@ def label(
     num_queries, num_holders = preds.shape
     config = RunConfig(
         holders=num_holders, queries=num_queries, mechanism="skellam", target_epsilon=target_epsilon, sigma=sigma,
-        tau=tau, delta=delta, batch_size=batch_size, pad_mode=pad_mode, seed=0 if seed is None else seed,
+        tau=tau, delta=delta, batch_size=batch_size, pad_mode=pad_mode, range_check=range_check,
+        seed=0 if seed is None else seed,
         production_noise=seed is None, cache_dir=str(cache), max_epsilon=max_epsilon,
         ledger=None if ledger is None else str(ledger),
     )

@@ -48,6 +48,7 @@ class RunConfig:
     pad_mode: str = "shared"  # how holders encrypt: "shared" (one pad per batch, shares summed by the server), "seeded", "encode"
     noise_failure: float = 1e-12  # per-query probability that noise leaves the compiled range
     global_p_error: float = 1e-9  # probability that a PBS behind one query's label is wrong
+    range_check: str = "off"  # encrypted check of the class sums' range: "off", "classes" or "total" (README)
     seed: int = 0
     production_noise: bool = False  # True: OS CSPRNG; False: seeded per-holder streams
     student_method: str = "supervised"
@@ -79,6 +80,7 @@ class RunConfig:
         opt.check_resolution(self.resolution, "--resolution")
         opt.check_positive_int(self.batch_size, "--batch-size")
         opt.check_choice(self.pad_mode, "--pad-mode", PAD_MODES)
+        opt.check_choice(self.range_check, "--range-check", ("off", "classes", "total"))
         opt.check_seed(self.seed, "--seed")
         opt.check_choice(self.student_method, "--student", ("supervised", "semi-supervised"))
         opt.check_float(self.noise_failure, "noise_failure", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -136,7 +138,7 @@ def circuit_spec(config: RunConfig, num_classes: int, noise: Mechanism | None = 
     return CircuitSpec(
         num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
         resolution=noise.vote_step, batch_size=config.batch_size, global_p_error=config.global_p_error,
-        aggregate_input=aggregate_input_for(config.pad_mode),
+        aggregate_input=aggregate_input_for(config.pad_mode), range_check=config.range_check,
     )
 
 
