@@ -1,262 +1,48 @@
-"""The model owner's durable privacy ledger and budget guard.
+"""The model owner's durable privacy ledger and budget guard (docs/privacy.md §6, §10).
 
 One JSON line per answered query, appended and ``fsync``-ed BEFORE the caller releases the
-label (call :meth:`PrivacyLedger.record`, and only when it returns, release).  A query that
-was recorded but whose label was never released is over-counted, never under-counted.
+label (:meth:`PrivacyLedger.charge_batch`, and only when it returns, release): a query
+recorded but never released is over-counted, never under-counted.
 
-Persistence (:mod:`speed.journal`, kept apart from the accounting below): the ledger is a
-tamper-evident journal — one JSON line per record with ``seq``, ``prev`` (SHA-256 of the
-previous record) and ``sha`` (SHA-256 of this one), plus a head file ``<ledger>.head``
-(record count, last hash, size) replaced atomically after every append.  A record is
-acknowledged once the journal's append returns.  Opening verifies every line, the chain and
-the head, and refuses a ledger that lost, cut off, reordered or edited records with one
-:class:`SpeedError` line (a silently shorter ledger would under-state ε).  Repairs are
-reported with a :class:`speed.journal.JournalRepairWarning` (``repaired: ...``): a complete,
-checksum-valid last record without its newline is kept; a torn fragment that the head never
-counted (never acknowledged, so its label was never released) is truncated.  Legacy
-(version 1, CRC-32 per line) ledgers are verified with their CRCs and upgraded once, loudly,
-on a writable open.  An exclusive ``flock`` keeps two owners from appending to the same ledger.
+Persistence is a tamper-evident :mod:`speed.journal` (sequence numbers, a SHA-256 chain and a
+head file replaced atomically after every append): a ledger that lost, cut off, reordered or
+edited records is refused in one :class:`SpeedError` line, repairs are announced
+(``repaired: ...``), version-1 CRC ledgers are upgraded once, loudly, and an exclusive
+``flock`` keeps a second owner out.
 
-**Publishable ε of a noise mechanism object** (``noise=Skellam(σ)`` and the other objects of
-:mod:`speed.privacy.mechanisms`): every charge stores the mechanism, the τ its batch really had
-and β; the running ε is the privacy-loss-distribution bound of
-:class:`speed.privacy.publishable.PublishableAccountant`, and
-``δ_total = δ + (1 + e^ε) Σβ`` (one rule everywhere, docs/privacy.md).  An optional *plan*
-record (mechanism, planned queries, target ε, δ, τ) is written before the first charge; a
-ledger written under another mechanism or plan is refused.  :meth:`PrivacyLedger.check_budget`
-for a batch of n queries clears exactly those n charges, so a batch costs one ε evaluation.
-
-**The paper's analysis** (``mechanism="gamma"``/``"lattice"`` with ``gamma``): the running
-ε is the data-independent moments-accountant bound (publishable, SPEED's analysis): in a
-deployment nobody sees vote counts.  Where counts are passed (clear-text simulation and
-research runs) the data-dependent bound is also computed and labelled not publishable
-without smooth-sensitivity sanitisation (PATE 2018).  Overflow/failure probabilities of
-the encrypted argmax (β per query) are handled as in
-:func:`speed.privacy.accountant.build_result`: for τ = 1 the per-query ε (2γ) holds for the
-noisy histogram, so whatever the circuit outputs is post-processing and β only enlarges q;
-for τ < 1 the ε needs the exact argmax, and the sum B of those β is folded into δ as
-``δ_total = δ + (1 + e^ε) B`` (coupling: the real transcript equals the ideal one except
-with probability ≤ B; docs/privacy.md).
+Accounting. With a noise mechanism object (``noise=Skellam(σ)``, :mod:`speed.privacy.mechanisms`)
+each charge stores the mechanism, the τ its batch really had and β; the running ε is the
+privacy-loss-distribution bound of :class:`speed.privacy.publishable.PublishableAccountant`; a
+*plan* record (mechanism, planned queries, target ε, δ, τ) comes first, and a ledger written
+under another mechanism or plan is refused. With the paper's noise (``mechanism="gamma"`` or
+``"lattice"`` with ``gamma``) the running ε is the paper's data-independent moments bound
+(:class:`speed.privacy.moments.PrivacyAccountant`), plus the data-dependent research ε where
+counts are passed (not publishable). Circuit failures reach δ by one rule,
+``δ_total = δ + (1 + e^ε) Σβ`` (docs/privacy.md, "Circuit failures and δ").
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import time
-import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
 from speed.journal import Journal
 from speed.privacy import accountant as _acc
 from speed.privacy.mechanisms import Mechanism, mechanism_from_dict
+from speed.privacy.ledger_v1 import legacy_v1_line as _legacy_v1_line
+from speed.privacy.moments import PrivacyAccountant, _check_query, _query_epsilon
 from speed.privacy.publishable import PublishableAccountant
 
 __all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
 
 LEDGER_VERSION = 2  # 1: CRC-32 per line; 2: records of a speed.journal
-_NOT_PUBLISHABLE = (
-    "data-dependent ε uses the private vote counts: not publishable without "
-    "smooth-sensitivity sanitisation (Papernot et al., PATE 2018)"
-)
-
-
-@functools.lru_cache(maxsize=1024)
-def _query_epsilon(mechanism: str, gamma: float, tau: float, resolution: int | None) -> float:
-    if mechanism == "gamma":
-        return _acc.per_query_epsilon(gamma, tau)
-    from speed.privacy.lattice import lattice_per_query_epsilon
-
-    return lattice_per_query_epsilon(gamma, tau, resolution)
-
-
-def _check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple[str, float, float, int | None]:
-    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
-    if mechanism == "lattice":
-        resolution = _acc._require_resolution(resolution)
-    else:
-        _acc._check_mechanism(mechanism, resolution)
-    return mechanism, g, t, resolution
-
-
-class PrivacyAccountant:
-    """In-memory accountant for heterogeneous queries (Opacus-style ``history`` / ``state_dict``).
-
-    ``history`` is a list of ``[mechanism, gamma, tau, resolution, count]`` entries; consecutive
-    identical queries are merged (as Opacus' RDP accountant does with steps).
-    """
-
-    def __init__(self, moments: int = _acc.DEFAULT_MOMENTS) -> None:
-        self.moments = _acc.check_moments(moments)
-        self.history: list[list[Any]] = []
-        self.failure_probability = 0.0  # Σ β over all queries
-        self.failure_probability_folded = 0.0  # Σ β over queries whose ε needs the exact argmax
-        self._alpha = np.zeros(self.moments)
-        self._basic = 0.0
-        self._num = 0
-        # data-dependent part: only while every query came with counts
-        self._alpha_dd: np.ndarray | None = np.zeros(self.moments)
-
-    # -- bookkeeping
-    def _alpha_of(self, eps_q: float, count: int) -> np.ndarray:
-        return count * _acc.moments_alpha([eps_q], None, self.moments)[0]
-
-    def step(self, *, gamma: float, tau: float, mechanism: str = "gamma",
-             resolution: int | None = None, counts: Any = None,
-             failure_probability: float = 0.0, num_queries: int = 1) -> float:
-        """Account for ``num_queries`` answered queries; returns their per-query ε."""
-        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
-        n = int(num_queries)
-        if n < 1:
-            raise InputError(f"num_queries must be ≥ 1, got {num_queries!r}")
-        fp = float(failure_probability)
-        if not (0.0 <= fp <= 1.0):
-            raise InputError(f"failure_probability must lie in [0, 1], got {failure_probability!r}")
-        eps_q = _query_epsilon(mechanism, g, t, res)
-        # τ = 1: ε_q = 2γ is a histogram-level bound, valid whatever the circuit outputs, so
-        # β only enlarges q; otherwise ε_q needs the exact argmax and β is folded into δ
-        histogram_level = t == 1.0
-        dd = self._dd_alpha(counts, eps_q, mechanism, g, t, res, n, fp if histogram_level else 0.0)
-        self._alpha = self._alpha + self._alpha_of(eps_q, n)
-        self._basic += n * eps_q
-        self._num += n
-        self.failure_probability += n * fp
-        if not histogram_level:
-            self.failure_probability_folded += n * fp
-        self._alpha_dd = None if (dd is None or self._alpha_dd is None) else self._alpha_dd + dd
-        key = [mechanism, g, t, res]
-        if self.history and self.history[-1][:4] == key:
-            self.history[-1][4] += n
-        else:
-            self.history.append(key + [n])
-        return eps_q
-
-    def _dd_alpha(self, counts: Any, eps_q: float, mechanism: str, g: float, t: float,
-                  res: int | None, n: int, q_extra: float) -> np.ndarray | None:
-        if counts is None:
-            return None
-        arr = _acc.check_counts(counts)
-        if arr.shape[0] != n:
-            raise InputError(f"counts has {arr.shape[0]} rows for {n} queries")
-        if mechanism == "gamma":
-            k = arr.shape[1]
-            log_q = np.minimum(_acc.log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k))
-        else:
-            from speed.privacy.lattice import _log_q_lattice
-
-            log_q = np.minimum(_log_q_lattice(arr, g, t, res, eps_q, self.moments), 0.0)
-        if q_extra > 0:
-            log_q = np.minimum(np.logaddexp(log_q, math.log(q_extra)), 0.0)
-        return _acc.moments_alpha(np.full(n, eps_q), log_q, self.moments).sum(axis=0)
-
-    # -- queries
-    @property
-    def num_queries(self) -> int:
-        return self._num
-
-    def _eps(self, alpha: np.ndarray, basic: float, delta: float) -> tuple[float, int, str]:
-        value, order = _acc.moments_accountant(alpha, delta)
-        if basic <= value:
-            return basic, order, "basic_composition"
-        return value, order, "moments"
-
-    def get_epsilon(self, delta: float) -> float:
-        """Data-independent ε at δ (the publishable number)."""
-        return self._eps(self._alpha, self._basic, _acc.check_delta(delta))[0]
-
-    def projected_epsilon(self, delta: float, *, gamma: float, tau: float, mechanism: str = "gamma",
-                          resolution: int | None = None, num_queries: int = 1) -> float:
-        """Data-independent ε after ``num_queries`` more queries of the given kind (nothing recorded)."""
-        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
-        eps_q = _query_epsilon(mechanism, g, t, res)
-        alpha = self._alpha + self._alpha_of(eps_q, num_queries)
-        return self._eps(alpha, self._basic + num_queries * eps_q, _acc.check_delta(delta))[0]
-
-    def get_privacy_spent(self, delta: float) -> dict[str, Any]:
-        d = _acc.check_delta(delta)
-        eps, order, method = self._eps(self._alpha, self._basic, d)
-        out: dict[str, Any] = {
-            "epsilon": eps,
-            "delta": d,
-            "order": order,
-            "method": method,
-            "num_queries": self._num,
-            "basic_composition": self._basic,
-            "failure_probability": self.failure_probability,
-            "failure_probability_folded": self.failure_probability_folded,
-            "delta_total": _acc.delta_total(d, eps, self.failure_probability_folded),
-            "publishable": True,
-            "data_dependent": None,
-            "data_dependent_note": _NOT_PUBLISHABLE,
-        }
-        if self._alpha_dd is not None and self._num > 0:
-            dd, dd_order, dd_method = self._eps(self._alpha_dd, self._basic, d)
-            out.update(
-                data_dependent=dd,
-                data_dependent_order=dd_order,
-                data_dependent_method=dd_method,
-                data_dependent_delta_total=_acc.delta_total(d, dd, self.failure_probability_folded),
-            )
-        return out
-
-    # -- persistence of the in-memory state
-    def state_dict(self, destination: dict | None = None) -> dict[str, Any]:
-        dest = OrderedDict() if destination is None else destination
-        dest["history"] = [list(h) for h in self.history]
-        dest["moments"] = self.moments
-        dest["failure_probability"] = self.failure_probability
-        dest["failure_probability_folded"] = self.failure_probability_folded
-        dest["data_dependent_alpha"] = None if self._alpha_dd is None else self._alpha_dd.tolist()
-        dest["mechanism"] = "speed-moments"
-        return dest
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        moments = _acc.check_moments(state_dict.get("moments", _acc.DEFAULT_MOMENTS))
-        fresh = PrivacyAccountant(moments)
-        for mechanism, g, t, res, n in state_dict["history"]:
-            fresh.step(gamma=g, tau=t, mechanism=mechanism, resolution=res, num_queries=int(n))
-        dd = state_dict.get("data_dependent_alpha")
-        if dd is not None and len(dd) != moments:
-            raise InputError("data_dependent_alpha does not match the number of moments")
-        self.moments = fresh.moments
-        self.history = fresh.history
-        self._alpha, self._basic, self._num = fresh._alpha, fresh._basic, fresh._num
-        self.failure_probability = float(state_dict.get("failure_probability", 0.0))
-        self.failure_probability_folded = float(state_dict.get("failure_probability_folded", 0.0))
-        self._alpha_dd = None if dd is None else np.asarray(dd, dtype=np.float64)
-
-
 # ------------------------------------------------------------------------------- ledger
-def _crc(obj: dict[str, Any]) -> int:
-    body = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return zlib.crc32(body.encode("ascii"))
-
-
-def _legacy_v1_line(path: Path) -> Any:
-    """Parser of version-1 ledger lines (JSON + CRC-32), for the journal's one-time upgrade."""
-
-    def parse(raw: bytes, lineno: int) -> dict[str, Any] | None:
-        if not raw.strip():
-            return None
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-            crc = rec.pop("crc")
-        except (ValueError, KeyError, AttributeError, TypeError, UnicodeDecodeError):
-            raise SpeedError(f"privacy ledger {path} is corrupted at line {lineno}") from None
-        if _crc(rec) != crc:
-            raise SpeedError(f"privacy ledger {path}: checksum mismatch at line {lineno}")
-        return rec
-
-    return parse
-
-
 class PrivacyLedger:
     """Append-only, fsync-ed JSON-lines ledger of answered queries, with a budget guard.
 
