@@ -87,8 +87,8 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
 
             tqdm.write(f"[reproduce] {msg}", file=sys.stderr)
 
+    features = clock.run("features_s", tstage.stage_features, cfg, data, progress, say)  # a bad cache: one line
     say(f"noise: {noise.to_dict()} (state {state_dir})")
-    features = clock.run("features_s", tstage.stage_features, cfg, data, progress, say)
     teachers = clock.run("teacher_training_s", tstage.stage_teachers, cfg, data, features, progress, say)
     votes = clock.run("teacher_votes_s", tstage.stage_votes, cfg, data, teachers, state_dir, say)
     teacher_eval = clock.run("teacher_evaluation_s", tstage.stage_evaluation, data, teachers, votes, stages)
