@@ -11,7 +11,8 @@ that a machine whose speed drifts (shared 2-vCPU machines drift 20–30 % within
 alike, and the per-round ratio is reported next to the medians.  Every decrypted label is checked
 against numpy's argmax of the same votes.  ``--base-spec`` / ``--current-spec`` add
 :class:`~speed.crypto.spec.CircuitSpec` fields to one side (e.g. ``'{"relu_chunks": [1, 3, 3, 2]}'``
-with ``--base HEAD`` compares two layouts of the same code).  Writes ``benchmarks/results/he_circuit_ab/he_circuit_ab-<date>T<HHMM>.json``
+with ``--base HEAD`` compares two layouts of the same code).  Writes
+``benchmarks/results/he_circuit_ab/he_circuit_ab-<date>T<HHMM>.json``
 and ``.md``.
 """
 

@@ -36,7 +36,8 @@ WRITERS = {
     "students": "benchmarks/student_recipes.py",
     "teachers": "benchmarks/teacher_recipes.py",
 }
-NAME = re.compile(r"((?:[a-z_]+/)?[A-Za-z_][\w.-]*-20\d\d-\d\d-\d\d(?:T\d{4})?[\w.-]*?)(?:\.(?:json|md|png|npz|log))?(?=[`'\")\]\s,;:|]|$)")
+NAME = re.compile(r"((?:[a-z_]+/)?[A-Za-z_][\w.-]*-20\d\d-\d\d-\d\d(?:T\d{4})?[\w.-]*?)"
+                  r"(?:\.(?:json|md|png|npz|log))?(?=[`'\")\]\s,;:|]|$)")
 
 
 def cited_files() -> dict[Path, list[tuple[str, int, str]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,8 @@ def markdown(r: dict[str, Any]) -> str:
     w(f"Command: `{r['command']}`  ")
     where = m.get("cpu_model") or m.get("processor")
     w(f"Machine: {m['platform']}, {where}, {m['cpus']} CPUs (load average at start "
-      f"{m.get('load_average_1_5_15')}, at the end {m.get('load_average_1_5_15_end')}), Python {m['python']}, torch {m['torch']}, "
+      f"{m.get('load_average_1_5_15')}, at the end {m.get('load_average_1_5_15_end')}), "
+      f"Python {m['python']}, torch {m['torch']}, "
       f"concrete-python {m.get('concrete_python', '?')}, git {m.get('git_commit', '?')}  ")
     w(f"Date (UTC): {m['date_utc']}\n")
 

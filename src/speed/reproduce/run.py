@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from speed.reproduce.config import (  # noqa: F401  (re-exported)
     DATASET_DEFAULTS,

@@ -178,7 +178,8 @@ def _scattering_teachers(cfg, data: Data, feats, progress: bool, say) -> Teacher
         "features_from_cache": feats.from_cache, "features_transform_seconds": feats.transform_seconds,
         "trained_now": 0 if resumed else int(splits.num_holders),
         "loaded_from_checkpoints": int(splits.num_holders if resumed else 0),
-        "train_seconds_total": float(heads.train_seconds), "train_seconds_mean": float(heads.train_seconds) / splits.num_holders,  # amortised
+        "train_seconds_total": float(heads.train_seconds),
+        "train_seconds_mean": float(heads.train_seconds) / splits.num_holders,  # amortised
         "seconds_per_step": float(heads.train_seconds) / max(1, heads.steps_done),
         "shard_size_mean": float(np.mean([len(i) for i in splits.holder_indices])),
     }
