@@ -1,4 +1,4 @@
-"""SPEED's continuous accountant (SPEC §4): known answers, cross-checks, accuracy, guards."""
+"""SPEED's continuous accountant (docs/spec.md §4): known answers, cross-checks, accuracy, guards."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Accountant of the lattice mechanism (SPEC §3b): exact PMF, rigorous ε, q, tails, convergence."""
+"""Accountant of the lattice mechanism (docs/spec.md §3b): exact PMF, rigorous ε, q, tails, convergence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Distributed noise shares (SPEC §3, §3b): the laws of their sums, production mode."""
+"""Distributed noise shares (docs/spec.md §3, §3b): the laws of their sums, production mode."""
 
 from __future__ import annotations
 

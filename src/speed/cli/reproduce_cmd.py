@@ -1,4 +1,4 @@
-"""``speed reproduce``: the paper's experiments (SPEC §6) with real encryption, and a report."""
+"""``speed reproduce``: the paper's experiments (docs/spec.md §6) with real encryption, and a report."""
 
 from __future__ import annotations
 
@@ -64,10 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: computed once and cached in CACHE_DIR/features/)")
     p.add_argument("--model", default=None,
                    help="network of the teachers, students and baseline (compact-cnn, digits-cnn, mlp, pate-mnist, "
-                        "pate-svhn; default per dataset: pate-mnist for mnist, SPEC §6; compact-cnn for "
+                        "pate-svhn; default per dataset: pate-mnist for mnist, docs/spec.md §6; compact-cnn for "
                         "fashion-mnist; digits-cnn for digits; pate-svhn for svhn)")
     p.add_argument("--teacher-steps", type=opt.positive_int, default=None,
-                   help="training steps per teacher (default per dataset: 5000 SGD steps for mnist, SPEC §6; "
+                   help="training steps per teacher (default per dataset: 5000 SGD steps for mnist, docs/spec.md §6; "
                         "600 Adam steps for fashion-mnist)")
     p.add_argument("--student-steps", type=opt.positive_int, default=None,
                    help="training steps of each student and of the baseline (default per dataset)")
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--non-iid", type=opt.positive_float, default=None, metavar="ALPHA",
                    help="label-skewed holder shards, Dirichlet(ALPHA) per class (default: uniform shards)")
     p.add_argument("--no-extra", action="store_true",
-                   help="svhn: do not add the 531k 'extra' images to the holders' data (SPEC §6 uses them)")
+                   help="svhn: do not add the 531k 'extra' images to the holders' data (docs/spec.md §6 uses them)")
     p.add_argument("--eval-points", type=opt.positive_int, default=None,
                    help="teacher and ensemble accuracy on this many test points (default: the whole test split)")
     p.add_argument("--production-noise", action="store_true",

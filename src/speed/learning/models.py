@@ -6,7 +6,7 @@
 * ``compact-cnn`` two 3x3 conv layers (32, 64 channels), each followed by 2x2 max pool,
   FC 128 with dropout 0.3; ~420k parameters at 28x28, about 7x cheaper per training step
   than ``pate-mnist`` on one CPU thread (``benchmarks/teacher_recipes.py``).
-* ``pate-mnist``  the PATE / SPEED MNIST CNN (SPEC §6): conv 5x5x64 -> max pool 3x3/2
+* ``pate-mnist``  the PATE / SPEED MNIST CNN (docs/spec.md §6): conv 5x5x64 -> max pool 3x3/2
   -> local response norm -> conv 5x5x128 -> LRN -> max pool 3x3/2 -> FC 384 -> FC 192.
 * ``pate-svhn``   PATE's deeper CNN used for SVHN: seven conv layers (3x3 96, 96,
   96 stride 2, 3x3 192, 192, 192 stride 2, 5x5 192) and two FC 192, on per-image

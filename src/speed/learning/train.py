@@ -3,7 +3,7 @@
 Optimisers (``TrainConfig.optimizer``):
 
 * ``"sgd"``  plain SGD (optional momentum), the paper's choice for MNIST
-  (5,000 steps, batch 64, lr 0.08; SPEC §6).
+  (5,000 steps, batch 64, lr 0.08; docs/spec.md §6).
 * ``"adam"`` Adam, our default for the small digits models and for the student.
 
 Minibatches are drawn epoch by epoch from a seeded permutation (every example once per
@@ -73,7 +73,7 @@ class TrainConfig:
             raise InputError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
-#: Teacher training per dataset.  MNIST: the paper's settings (SPEC §6).  Fashion-MNIST (not in
+#: Teacher training per dataset.  MNIST: the paper's settings (docs/spec.md §6).  Fashion-MNIST (not in
 #: the paper): chosen with ``benchmarks/teacher_recipes.py`` on 240-image shards, where the paper's
 #: SGD recipe at an affordable 150 steps gave 63 % per teacher and this one 77 % in 36 s of one
 #: CPU thread.  SVHN: the paper gives 2,000 steps but no learning rate; Adam is our (untested on

@@ -25,7 +25,7 @@ from typing import Any
 
 from speed.errors import InputError
 
-#: SPEC §6 settings per dataset (digits: the small bundled-data defaults of ``speed demo``).
+#: docs/spec.md §6 settings per dataset (digits: the small bundled-data defaults of ``speed demo``).
 #: ``teachers``: the recipe measured best (benchmarks/teachers_scattering.py: scattering + linear
 #: heads 84.8 % plurality vs 81.3 % for CNN teachers on Fashion-MNIST, minutes instead of 2.3 h).
 #: ``target_epsilon``: the publishable ε the Skellam noise is calibrated to when neither
@@ -42,7 +42,7 @@ REPRODUCE_DATASETS = tuple(DATASET_DEFAULTS)
 MECHANISMS = ("skellam", "lattice")
 TEACHER_KINDS = ("scattering", "cnn")
 
-#: The baseline to beat (SPEC §6): PATE 2017 with a central trusted aggregator.
+#: The baseline to beat (docs/spec.md §6): PATE 2017 with a central trusted aggregator.
 PATE_2017 = {
     "mnist": {"queries": 100, "epsilon": 2.04, "student_accuracy": 0.980},
     "svhn": {"queries": 500, "epsilon": 5.04, "student_accuracy": 0.827},
@@ -79,7 +79,7 @@ class ReproduceConfig:
     mechanism: str = "skellam"  # "skellam" (publishable PLD ε) or "lattice" (the paper's noise and analysis)
     target_epsilon: float | None = None  # skellam: σ calibrated to this ε over max(queries) at min(taus)
     sigma: float | None = None  # skellam σ given directly
-    gamma: float = 3.3  # lattice: γ = 1/λ (SPEC §6: λ = 0.31, analysed with γ = 3.3)
+    gamma: float = 3.3  # lattice: γ = 1/λ (docs/spec.md §6: λ = 0.31, analysed with γ = 3.3)
     delta: float = 1e-5
     resolution: int = 1
     batch_size: int = 10

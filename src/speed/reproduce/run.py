@@ -1,4 +1,4 @@
-"""``speed reproduce``: the paper's experiments (SPEC §6) through the real encrypted pipeline.
+"""``speed reproduce``: the paper's experiments (docs/spec.md §6) through the real encrypted pipeline.
 
 Stages (each a function with a small typed input and output, each timed and resumable):
 
