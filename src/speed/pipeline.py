@@ -104,6 +104,13 @@ ENCRYPTED_MECHANISMS = ("skellam", "lattice")
 DEFAULT_TARGET_EPSILON = 10.0
 
 
+def planned_target_epsilon(config: RunConfig) -> float | None:
+    """The publishable ε the noise is calibrated to (None when σ or γ is given directly)."""
+    if config.sigma is not None or (config.mechanism != "skellam" and config.target_epsilon is None):
+        return None
+    return DEFAULT_TARGET_EPSILON if config.target_epsilon is None else config.target_epsilon
+
+
 def noise_mechanism(config: RunConfig) -> Mechanism:
     """The noise object of ``config``: Skellam(σ) from ``sigma`` or calibrated to the target ε over
     ``queries`` queries at ``tau`` and ``delta``; the lattice Laplace from ``gamma`` (or calibrated)."""
@@ -301,7 +308,8 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         ledger = PrivacyLedger(
             ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, tau=config.tau, noise=noise,
             num_holders=config.holders, expected_holders=config.holders,
-            plan={"planned_queries": config.queries, "target_epsilon": config.target_epsilon, "tau": config.tau},
+            plan={"planned_queries": config.queries, "target_epsilon": planned_target_epsilon(config),
+                  "tau": config.tau},
         )
     else:  # the paper's lattice Laplace and its moments accountant
         ledger = PrivacyLedger(
@@ -377,7 +385,7 @@ def skellam_privacy(noise: Skellam, spent: dict[str, Any], config: RunConfig) ->
         "delta_total": spent["delta_total"],
         "mechanism": noise.to_dict(),
         "tau": config.tau,
-        "target_epsilon": config.target_epsilon if config.sigma is None else None,
+        "target_epsilon": planned_target_epsilon(config),
         "accounting": "privacy loss distributions (dp_accounting, pessimistic), collusion-aware τ",
         "epsilon_data_dependent": None,
         "note": "no data-dependent ε for Skellam noise: the publishable ε is the one to report",
