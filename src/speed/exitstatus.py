@@ -52,6 +52,9 @@ class _ReleasingLoader(importlib.abc.Loader):
         self._loader.exec_module(module)
         release_concrete_exit_hook(module)
 
+    def __getattr__(self, name: str) -> Any:  # get_source, is_package, ... of the real loader
+        return getattr(self._loader, name)
+
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Sequence[str] | None,
