@@ -65,16 +65,7 @@ class RunConfig:
 
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
         opt.check_positive_int(self.queries, "--queries")
-        opt.check_choice(self.mechanism, "--mechanism", ENCRYPTED_MECHANISMS)
-        opt.check_gamma(self.gamma, "--gamma")
-        if self.sigma is not None:
-            opt.check_sigma(self.sigma, "--sigma")
-            if self.mechanism != "skellam":
-                raise InputError(f"--sigma applies to --mechanism skellam, not {self.mechanism}")
-            if self.target_epsilon is not None:
-                raise InputError("give --target-epsilon or --sigma, not both")
-        if self.target_epsilon is not None:
-            opt.check_target_epsilon(self.target_epsilon, "--target-epsilon")
+        opt.check_noise_options(self.mechanism, ENCRYPTED_MECHANISMS, self.gamma, self.sigma, self.target_epsilon)
         opt.check_tau(self.tau, "--tau")
         opt.check_delta(self.delta, "--delta")
         opt.check_resolution(self.resolution, "--resolution")

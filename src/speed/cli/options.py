@@ -171,6 +171,22 @@ def check_target_epsilon(value: Any, option: str = "--target-epsilon") -> float:
                        requirement=f"the target ε must be a positive finite number ≤ {MAX_TARGET_EPSILON:g}")
 
 
+def check_noise_options(mechanism: Any, choices: tuple[str, ...], gamma: Any, sigma: Any,
+                        target_epsilon: Any) -> None:
+    """The noise options of demo, reproduce and deploy: a known --mechanism, a valid --gamma, and
+    --sigma (Skellam only) or --target-epsilon, not both."""
+    check_choice(mechanism, "--mechanism", choices)
+    check_gamma(gamma, "--gamma")
+    if sigma is not None:
+        check_sigma(sigma, "--sigma")
+        if mechanism != "skellam":
+            raise InputError(f"--sigma applies to --mechanism skellam, not {mechanism}")
+        if target_epsilon is not None:
+            raise InputError("give --target-epsilon or --sigma, not both")
+    if target_epsilon is not None:
+        check_target_epsilon(target_epsilon, "--target-epsilon")
+
+
 def check_resolution(value: Any, option: str = "--resolution") -> int:
     return check_int(value, option, 1, MAX_RESOLUTION)
 

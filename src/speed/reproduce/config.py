@@ -141,16 +141,8 @@ class ReproduceConfig:
             raise InputError("--tau: need at least one τ")
         for t in self.taus:
             opt.check_tau(t, "--tau")
-        opt.check_choice(self.mechanism, "--mechanism", MECHANISMS)
-        opt.check_gamma(self.gamma, "--gamma")
-        if self.sigma is not None:
-            opt.check_sigma(self.sigma, "--sigma")
-            if self.mechanism != "skellam":
-                raise InputError(f"--sigma applies to --mechanism skellam, not {self.mechanism}")
-            if self.target_epsilon is not None:
-                raise InputError("give --target-epsilon or --sigma, not both")
+        opt.check_noise_options(self.mechanism, MECHANISMS, self.gamma, self.sigma, self.target_epsilon)
         if self.target_epsilon is not None:
-            opt.check_target_epsilon(self.target_epsilon, "--target-epsilon")
             if self.mechanism != "skellam":
                 raise InputError("--target-epsilon applies to --mechanism skellam (lattice: give --gamma)")
         opt.check_delta(self.delta, "--delta")
