@@ -1,12 +1,47 @@
-"""Durable file helpers shared by the privacy ledger and the reproduction state."""
+"""Durable file I/O: every file this package writes goes through here.
+
+Three operations, one policy each:
+
+* :func:`atomic_write` / :func:`atomic_write_bytes` / :func:`atomic_write_json` — write a
+  whole file so that a reader (or a crash) sees either the old contents or the new ones, never
+  a mix: a unique temporary file in the same directory (``.<name>.<random>.tmp[suffix]``, created with
+  the requested ``mode``), ``fsync``, ``os.replace``, ``fsync`` of the directory.  A failure
+  removes the temporary file and leaves the old file untouched.
+* :func:`append_jsonl` — append JSON lines and ``fsync`` before returning: a record exists
+  once this returns.
+* :func:`read_jsonl` — read JSON lines with one corruption policy.  A line that does not parse
+  in the middle of the file is refused (:class:`~speed.errors.SpeedError` naming the file and
+  line): something edited or damaged the file and silently skipping records could lose data.
+  A last line without its newline that does not parse is a torn append (the process died while
+  writing it; :func:`append_jsonl` never acknowledged it): ``repair=True`` truncates it and says
+  so with a :class:`FileRepairWarning`; ``repair=False`` (read-only callers) ignores it with the
+  same warning and leaves the file as it is.
+
+Files that need more than this (the hash-chained journal of :mod:`speed.journal`) build on
+these functions.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
+import warnings
 from pathlib import Path
+from typing import Any, Iterator
+
+from speed.errors import SpeedError
+
+__all__ = ["FileRepairWarning", "append_jsonl", "atomic_path", "atomic_write", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_text", "fsync_dir", "read_jsonl"]
 
 
-def fsync_dir(path: Path) -> None:
+class FileRepairWarning(UserWarning):
+    """A file was repaired (a torn last line dropped); the message starts with ``repaired:``."""
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a directory, so that a file just created or renamed in it survives a crash.
 
     Best effort: platforms or filesystems without directory file descriptors (or that refuse
@@ -21,3 +56,142 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _temp_in(path: Path, mode: int, suffix: str) -> tuple[int, Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
+    os.fchmod(fd, mode)
+    return fd, Path(name)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, mode: int = 0o644) -> Iterator[Any]:
+    """Context manager yielding a binary file object; on a clean exit its contents replace
+    ``path`` atomically and durably (see the module docstring).  ``mode`` is the new file's
+    permission bits (``0o600`` for anything secret: it never exists with wider ones)."""
+    path = Path(path)
+    fd, tmp = _temp_in(path, mode, "")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, mode: int = 0o644, suffix: str = "") -> Iterator[Path]:
+    """Like :func:`atomic_write` for writers that want a file name (``np.savez``,
+    ``torch.save``, a library's ``save(path)``): yields a temporary path in the same directory
+    (ending in ``suffix``, for writers that add an extension otherwise); on a clean exit the
+    file is fsync-ed and replaces ``path``."""
+    path = Path(path)
+    fd, tmp = _temp_in(path, mode, suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    with atomic_write(path, mode=mode) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically and durably."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, mode: int = 0o644, indent: int | None = 2,
+                      sort_keys: bool = False) -> None:
+    """Replace ``path`` with ``obj`` as JSON (a trailing newline) atomically and durably."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n", mode=mode)
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict[str, Any]], *, mode: int = 0o644) -> None:
+    """Append one compact JSON line per record and fsync before returning (a new file's
+    directory is fsync-ed too).  Nothing is written for an empty list."""
+    if not records:
+        return
+    path = Path(path)
+    data = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records).encode()
+    created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "file", repair: bool = False,
+               missing_ok: bool = True) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per line (see the module docstring for the policy).
+
+    ``what`` names the file in messages ("label store", "fillers"). A missing file gives ``[]``
+    when ``missing_ok``, else a :class:`~speed.errors.SpeedError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise SpeedError(f"{what} {path} does not exist") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    records: list[dict[str, Any]] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SpeedError(f"{what} {path} is damaged: line {lineno} is not JSON; "
+                             "move the file aside or restore it from a backup") from None
+        if not isinstance(obj, dict):
+            raise SpeedError(f"{what} {path} is damaged: line {lineno} is not a JSON object")
+        records.append(obj)
+    if tail.strip():
+        try:
+            obj = json.loads(tail)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            obj = None
+        if isinstance(obj, dict):  # complete record, only its newline missing
+            records.append(obj)
+            if repair:
+                with open(path, "ab") as fh:
+                    fh.write(b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        else:
+            good = len(data) - len(tail)
+            if repair:
+                with open(path, "rb+") as fh:
+                    fh.truncate(good)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                warnings.warn(f"repaired: {what} {path}: dropped a torn last line ({len(tail)} bytes) "
+                              "that was never acknowledged", FileRepairWarning, stacklevel=2)
+            else:
+                warnings.warn(f"{what} {path}: ignoring a torn last line ({len(tail)} bytes; "
+                              "it will be dropped on the next write)", FileRepairWarning, stacklevel=2)
+    return records
