@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from speed.errors import SpeedError
-from speed.fsutil import (FileRepairWarning, append_jsonl, atomic_path, atomic_write, atomic_write_bytes,
-                          atomic_write_json, read_jsonl)
+from speed.fsutil import (Closeable, FileRepairWarning, append_jsonl, atomic_create_bytes, atomic_path, atomic_write,
+                          atomic_write_bytes, atomic_write_json, read_jsonl, temp_files)
 
 
 def _temps(directory):
@@ -119,3 +119,44 @@ def test_append_mode_for_new_file(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_atomic_create_first_writer_wins(tmp_path):
+    key = tmp_path / "state" / "pad-key.pem"
+    assert atomic_create_bytes(key, b"first", mode=0o600) is True
+    assert atomic_create_bytes(key, b"second", mode=0o600) is False
+    assert key.read_bytes() == b"first"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert _temps(key.parent) == []
+
+
+def test_temp_files_are_only_those_of_the_file(tmp_path):
+    target = tmp_path / "j.jsonl"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target):  # a writer killed mid-write leaves no temp file ...
+            raise RuntimeError
+    assert temp_files(target) == []
+    left = tmp_path / ".j.jsonl.ab_12xyz.tmp"  # ... a SIGKILL-ed one does
+    left.touch()
+    for other in (".j.jsonl.head.ab_12xyz.tmp", ".j.jsonl.bak.ab_12xyz.tmp", ".j.jsonl.ab_12xyz.tmp.npz", "j.jsonl"):
+        (tmp_path / other).touch()
+    assert temp_files(target) == [left]
+    assert temp_files(tmp_path / "j.jsonl.head") == [tmp_path / ".j.jsonl.head.ab_12xyz.tmp"]
+    assert temp_files(target, suffix=".npz") == [tmp_path / ".j.jsonl.ab_12xyz.tmp.npz"]
+    assert temp_files(tmp_path / "missing" / "x") == []
+    with atomic_write(target):  # the name atomic_write really uses matches
+        assert len(temp_files(target)) == 2
+    with atomic_path(target, suffix=".npz") as tmp:
+        assert tmp in temp_files(target, suffix=".npz")
+
+
+def test_closeable_closes_on_exit():
+    class Handle(Closeable):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    with Handle() as h:
+        assert isinstance(h, Handle) and h.closed == 0
+    assert h.closed == 1

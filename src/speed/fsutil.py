@@ -7,6 +7,8 @@ Three operations, one policy each:
   a mix: a unique temporary file in the same directory (``.<name>.<random>.tmp[suffix]``, created with
   the requested ``mode``), ``fsync``, ``os.replace``, ``fsync`` of the directory.  A failure
   removes the temporary file and leaves the old file untouched.
+  :func:`atomic_create_bytes` is the same for a file that must never change once it exists
+  (a key): the first writer wins.
 * :func:`append_jsonl` — append JSON lines and ``fsync`` before returning: a record exists
   once this returns.
 * :func:`read_jsonl` — read JSON lines with one corruption policy.  A line that does not parse
@@ -18,7 +20,8 @@ Three operations, one policy each:
   same warning and leaves the file as it is.
 
 Files that need more than this (the hash-chained journal of :mod:`speed.journal`) build on
-these functions.
+these functions, with :func:`temp_files` (what a killed writer left) and :class:`Closeable`
+(``with``/garbage-collection closing of an object that holds an open file).
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Self
 
 from speed.errors import SpeedError
 
-__all__ = ["FileRepairWarning", "append_jsonl", "atomic_path", "atomic_write", "atomic_write_bytes",
-           "atomic_write_json", "atomic_write_text", "fsync_dir", "read_jsonl"]
+__all__ = ["Closeable", "FileRepairWarning", "append_jsonl", "atomic_create_bytes", "atomic_path", "atomic_write",
+           "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "read_jsonl", "temp_files"]
 
 
 class FileRepairWarning(UserWarning):
@@ -122,6 +126,41 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, mode: int = 0o644, i
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n", mode=mode)
 
 
+def atomic_create_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it.
+
+    For files that must not change once written (a private key): the complete file appears at
+    once (unique temporary file, ``fsync``, ``os.link``) and, when two processes race, the
+    first one wins and the other's data is discarded (read the file back to use the winner's)."""
+    path = Path(path)
+    fd, tmp = _temp_in(path, mode, "")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def temp_files(path: str | os.PathLike, *, suffix: str = "") -> list[Path]:
+    """The temporary files of ``path`` (``.<name>.<random>.tmp<suffix>``) that a writer killed
+    between creating and replacing left behind.  Remove them only when no writer of ``path``
+    can be running (e.g. while holding its lock)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+    except FileNotFoundError:
+        return []
+
+
 def append_jsonl(path: str | os.PathLike, records: list[dict[str, Any]], *, mode: int = 0o644) -> None:
     """Append one compact JSON line per record and fsync before returning (a new file's
     directory is fsync-ed too).  Nothing is written for an empty list."""
@@ -195,3 +234,23 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "file", repair: bool = Fa
                 warnings.warn(f"{what} {path}: ignoring a torn last line ({len(tail)} bytes; "
                               "it will be dropped on the next write)", FileRepairWarning, stacklevel=2)
     return records
+
+
+class Closeable:
+    """Mixin for an object holding an open file: ``with obj:`` closes it, and so does garbage
+    collection (best effort).  The class defines :meth:`close`, which must be idempotent."""
+
+    def close(self) -> None:  # pragma: no cover - defined by the class
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
