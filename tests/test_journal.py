@@ -274,3 +274,33 @@ def test_owner_node_labels_file_is_a_journal(tmp_path):
     head_path(old).unlink()
     with pytest.raises(SpeedError, match="labels file .*old.jsonl is corrupted at line 2"):
         read_labels(old)
+
+
+def test_temp_files_of_a_killed_writer_are_cleaned_under_the_lock(tmp_path):
+    import stat
+
+    path = tmp_path / "j.jsonl"
+    _make(path, 2)
+    assert stat.S_IMODE(head_path(path).stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.jsonl", "j.jsonl.head"]  # no temp file left
+    stale = [tmp_path / ".j.jsonl.head.k1ll3d_x.tmp", tmp_path / ".j.jsonl.k1ll3d_x.tmp"]  # head update, upgrade
+    other = tmp_path / ".j.jsonl.bak.k1ll3d_x.tmp"  # another file's writer: not ours to remove
+    for p in stale + [other]:
+        p.write_bytes(b"half")
+    _open(path, read_only=True).close()
+    _open(path).close()  # no lock: a writer may be running
+    assert all(p.exists() for p in stale)
+    _open(path, lock=True).close()
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_python_dash_m_speed_journal(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "j.jsonl"
+    _make(path, 2)
+    out = subprocess.run([sys.executable, "-m", "speed.journal", "verify", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{path}: 2 records, chain and head verified"

@@ -33,10 +33,9 @@ Opening verifies every line (checksum, ``seq``, chain) and compares with the hea
 Legacy (pre-journal) files: a client may pass ``legacy=`` to parse its old line format.  On a
 writable open such a file is verified with the old rules and upgraded ONCE to this format
 with a loud warning (losses before the upgrade cannot be detected); a read-only open accepts
-it with a warning.  A file with a head file is never read as legacy.  Read-only opening never repairs anything.
-Every repair is reported by a
-:class:`JournalRepairWarning` starting ``repaired:``; every refusal is one
-:class:`speed.errors.SpeedError` line naming the file.
+it with a warning.  A file with a head file is never read as legacy.  Read-only opening never
+repairs anything.  Every repair is reported by a :class:`JournalRepairWarning` starting
+``repaired:``; every refusal is one :class:`speed.errors.SpeedError` line naming the file.
 
 What this detects: loss, truncation, deletion, editing and reordering of records by a
 careless user, a bad copy or a crash.  What it does not: someone who rewrites the whole file
@@ -45,20 +44,18 @@ and its head consistently (a hash chain without an external anchor is not a sign
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from speed.errors import SpeedError
-from speed.fsutil import fsync_dir
+from speed.fsutil import Closeable, atomic_write_bytes, atomic_write_json, fsync_dir, temp_files
 
 __all__ = ["GENESIS", "HEAD_FORMAT", "Journal", "JournalMissingError", "JournalRepairWarning",
            "canonical", "head_path", "record_hash"]
@@ -100,7 +97,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, JournalRepairWarning, stacklevel=level)
 
 
-class Journal:
+class Journal(Closeable):
     """An open journal: ``records`` (payloads, without the reserved keys), :meth:`append`.
 
     ``what`` names the file in messages ("privacy ledger"); ``consequence`` ends the message
@@ -184,8 +181,8 @@ class Journal:
             raise SpeedError(f"{self.what} {self.path} is in use by another process") from None
 
     def _clean_temps(self) -> None:
-        # head temp files left by a writer killed mid-update (we hold the lock: no writer now)
-        for stale in self.path.parent.glob(f".{self.head_file.name}.*.tmp"):
+        # temp files of a writer killed mid-update or mid-upgrade (we hold the lock: no writer now)
+        for stale in temp_files(self.head_file) + temp_files(self.path):
             try:
                 stale.unlink()
             except OSError:  # pragma: no cover
@@ -352,18 +349,7 @@ class Journal:
         assert self._fd is not None
         self.records, self._hashes, self._size = [], [], 0
         body, hashes = self._encode(payloads)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".upgrade", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        atomic_write_bytes(self.path, body, mode=0o600)
         new_fd = os.open(str(self.path), os.O_RDWR | os.O_APPEND)
         if self._locking:
             try:
@@ -433,17 +419,7 @@ class Journal:
     def _write_head(self) -> None:
         head = {"format": HEAD_FORMAT, "count": len(self._hashes),
                 "last": self._hashes[-1] if self._hashes else GENESIS, "size": self._size}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.head_file.name}.", suffix=".tmp", dir=self.head_file.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(json.dumps(head, sort_keys=True).encode() + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.head_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.head_file.parent)
+        atomic_write_json(self.head_file, head, mode=0o600, indent=None, sort_keys=True)
 
     # ------------------------------------------------------------------ lifetime
     def __len__(self) -> int:
@@ -454,38 +430,12 @@ class Journal:
             fd, self._fd = self._fd, None
             os.close(fd)  # also releases the flock
 
-    def __enter__(self) -> "Journal":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m speed.journal verify|reseal FILE``."""
-    p = argparse.ArgumentParser(prog="python -m speed.journal", description=__doc__.split("\n")[0])
-    p.add_argument("action", choices=["verify", "reseal"],
-                   help="verify: check a journal read-only; reseal: write the missing head file of a "
-                        "journal YOU KNOW to be complete (nothing cut from its end)")
-    p.add_argument("path", type=Path)
-    args = p.parse_args(argv)
-    try:
-        if args.action == "verify":
-            j = Journal(args.path, read_only=True)
-            print(f"{args.path}: {len(j)} records, chain and head verified")
-        else:
-            with Journal(args.path, lock=True, _reseal=True) as j:
-                print(f"{args.path}: head written for {len(j)} records")
-    except SpeedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m speed.journal verify|reseal FILE`` (in :mod:`speed.journal_cli`)."""
+    from speed.journal_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
