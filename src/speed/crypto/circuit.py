@@ -29,7 +29,6 @@ parameter tables) and ``global_p_error`` per query (a call of B queries is compi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -39,12 +38,6 @@ import numpy as np
 from speed.crypto.spec import CircuitSpec
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
-
-#: Digest of this file and spec.py, read at import (with the code this process runs); part of
-#: every compile-cache key (``CircuitSpec.cache_key``).
-CODE_DIGEST = hashlib.sha256(
-    b"".join((Path(__file__).parent / name).read_bytes() for name in ("circuit.py", "spec.py"))
-).hexdigest()[:16]
 
 
 def _pair_matrices(num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

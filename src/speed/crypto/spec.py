@@ -32,12 +32,22 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
 from speed.errors import InputError
 from speed.privacy.lattice import lattice_tail_probability, noise_bound_for
+from speed.privacy.mechanisms import Skellam
+
+#: Digest of circuit.py and this file, read once when this module is first imported (no later than
+#: circuit.py, which imports it); part of every compile-cache key (:attr:`CircuitSpec.cache_key`): a
+#: long run keeps the key of the code it runs even if the files change under it, so it never caches a
+#: program under the key of other code.
+CODE_DIGEST = hashlib.sha256(
+    b"".join((Path(__file__).parent / name).read_bytes() for name in ("circuit.py", "spec.py"))
+).hexdigest()[:16]
 
 #: Sanity limits on the configuration (docs/spec.md §5 costs grow as K²; docs/he-engine.md has measurements).
 MAX_CLASSES = 256
@@ -283,7 +293,7 @@ class CircuitSpec:
     def cache_key(self) -> str:
         """Key for the compile cache: the spec and the source of the circuit code (any change
         to ``crypto/circuit.py`` or this file recompiles)."""
-        payload = json.dumps({"code": _circuit_code_digest(), **self.to_dict()}, sort_keys=True).encode()
+        payload = json.dumps({"code": CODE_DIGEST, **self.to_dict()}, sort_keys=True).encode()
         digest = hashlib.sha256(payload).hexdigest()[:16]
         return f"K{self.num_classes}-N{self.num_holders}-P{self.resolution}-A{self.noise_bound}-B{self.batch_size}-{digest}"
 
@@ -336,15 +346,6 @@ def tournament_index_tables(num_classes: int) -> int:
     return tables
 
 
-def _circuit_code_digest() -> str:
-    """Digest of circuit.py and spec.py as they were when the circuit code was imported
-    (:data:`speed.crypto.circuit.CODE_DIGEST`): a long run keeps the key of the code it runs even
-    if the files change under it, so it never caches a program under the key of other code."""
-    from speed.crypto.circuit import CODE_DIGEST
-
-    return CODE_DIGEST
-
-
 def reference_argmax(counts: np.ndarray, rounding_shift: int = 0) -> np.ndarray:
     """The argmax the circuit computes, in clear: of ⌊counts / 2^r⌋ (r = ``rounding_shift``,
     ``CircuitSpec.rounding_shift``; a floor, also for negative counts), lowest index wins ties.
@@ -358,10 +359,5 @@ def reference_argmax(counts: np.ndarray, rounding_shift: int = 0) -> np.ndarray:
 def skellam_noise_bound(sigma: float, num_classes: int, failure_probability: float = 1e-12) -> int:
     """A (resolution 1) for distributed Skellam noise of standard deviation σ per class count: the
     smallest bound with ``K·Pr[|Z| > A] ≤ failure_probability`` per query, from
-    :meth:`speed.privacy.mechanisms.Skellam.noise_bound` (exact PMF; 469 at σ = 63, K = 10), or,
-    where that module is missing, ⌈7.15·σ⌉ (a Gaussian tail of 1e-12 per count)."""
-    try:
-        from speed.privacy.mechanisms import Skellam
-    except ImportError:  # pragma: no cover - before the mechanism landed
-        return int(math.ceil(7.15 * sigma))
+    :meth:`speed.privacy.mechanisms.Skellam.noise_bound` (exact PMF; 469 at σ = 63, K = 10)."""
     return int(Skellam(sigma).noise_bound(failure_probability, num_classes))
