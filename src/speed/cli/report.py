@@ -1,30 +1,12 @@
-"""Printing results: a rich table for people, JSON for programs."""
+"""Printing results: a rich table for people, JSON for programs (:mod:`speed.jsonable`)."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-import numpy as np
+from speed.jsonable import dump_json, to_jsonable
 
-
-def to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
-
-
-def dump_json(result: dict) -> str:
-    return json.dumps(to_jsonable(result), indent=2, sort_keys=False)
+__all__ = ["dump_json", "fmt", "print_sections", "to_jsonable"]
 
 
 def fmt(value: Any) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from speed.cli.report import dump_json
-from speed.reproduce.store import atomic_write_text
+from speed.fsutil import atomic_path, atomic_write_text
+from speed.jsonable import dump_json
 
 ACCURACY_PNG = "accuracy_vs_queries.png"
 EPSILON_PNG = "epsilon_vs_tau.png"
@@ -97,7 +97,8 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -136,7 +137,8 @@ def plot_epsilon(result: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{s['dataset']}: N = {s['holders']}, {_noise_text(s['noise'])}; dots: the τ of the table",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
