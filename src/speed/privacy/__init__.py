@@ -2,12 +2,16 @@
 accountant (continuous and lattice mechanisms) and the owner's durable privacy ledger.
 
 * :mod:`speed.privacy.noise` — noise shares (docs/spec.md §3, §3b).
-* :mod:`speed.privacy.accountant` — the paper's analysis for Gamma-difference noise (docs/spec.md §4).
+* :mod:`speed.privacy.accountant` — the paper's analysis for Gamma-difference noise (docs/spec.md §4),
+  on :mod:`speed.privacy.variance_gamma` (the noise law), :mod:`speed.privacy.composition` (the
+  moments accountant over queries) and :mod:`speed.privacy.checks` (parameter checks).
 * :mod:`speed.privacy.lattice` — rigorous accountant for the lattice noise of the encrypted
   pipeline, and the noise bound / overflow probability for the circuit's range.
+* :mod:`speed.privacy.moments` — the in-memory accountant of a run's heterogeneous queries.
 * :mod:`speed.privacy.ledger` — append-only fsync-ed ledger and budget guard.
 * :mod:`speed.privacy.mechanisms` — Skellam / lattice / Gamma mechanisms as typed objects.
 * :mod:`speed.privacy.pld` — publishable ε by privacy loss distributions (dp_accounting).
+* :mod:`speed.privacy.publishable` — the publishable-ε accountant of mechanism objects.
 * :mod:`speed.privacy.calibrate` — smallest noise for a target ε.
 
 See docs/privacy.md for the formulas, their sources and which ε may be published.

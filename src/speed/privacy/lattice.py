@@ -42,7 +42,7 @@ doubled until this tail bound is below the window's maximum (else the bound is u
 Data-dependent q: union bound over runner-ups j of the exact
 ``Pr[S_j − S_{j*} ≥ P (n_{j*} − n_j)]`` (ties counted as errors), where
 ``S_j − S_{j*} = NB(2τ, p) − NB(2τ, p)``; then ``min(q, 1)``.  Moments accountant exactly
-as in :mod:`speed.privacy.accountant`.
+as for the continuous noise (:mod:`speed.privacy.composition`).
 
 As P → ∞ the lattice law tends to the Gamma(τ, λ) difference: τ = 1 gives 2γ exactly for
 every P, and for τ < 1 the argmax bound tends to :func:`continuous_argmax_epsilon` and q to
@@ -58,7 +58,16 @@ from typing import Any
 import numpy as np
 from scipy import optimize, signal, special
 
-from speed.privacy import accountant as _acc
+from speed.privacy.checks import (
+    check_counts,
+    check_delta,
+    check_failure_probability,
+    check_gamma,
+    check_moments,
+    check_tau,
+)
+from speed.privacy.composition import DEFAULT_MOMENTS, build_result
+from speed.privacy.variance_gamma import vg_log_sf
 
 __all__ = [
     "BOUNDS",
@@ -69,6 +78,7 @@ __all__ = [
     "lattice_per_query_epsilon",
     "lattice_q_bound",
     "lattice_tail_probability",
+    "log_q_lattice",
     "noise_bound_for",
 ]
 
@@ -226,14 +236,14 @@ def _lattice_eps(gamma: float, tau: float, resolution: int, bound: str) -> tuple
 def lattice_per_query_epsilon(gamma: float, tau: float, resolution: int,
                               bound: str = "argmax") -> float:
     """Rigorous pure ε of one answer with lattice noise (module docstring: both bounds)."""
-    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
+    g, t = check_gamma(gamma), check_tau(tau)
     P, b = _check_resolution(resolution), _check_bound(bound)
     return _lattice_eps(g, t, P, b)[0]
 
 
 def lattice_log_pmf(z: Any, scale: float, resolution: int, tau: float = 1.0) -> np.ndarray:
     """log Pr[S = z] for the sum S of τN lattice shares, z in lattice steps."""
-    lam, P, t = _check_scale(scale), _check_resolution(resolution), _acc.check_tau(tau)
+    lam, P, t = _check_scale(scale), _check_resolution(resolution), check_tau(tau)
     zz = np.asarray(z)
     if not np.issubdtype(zz.dtype, np.integer):
         if not np.all(np.equal(np.mod(zz, 1), 0)):
@@ -247,8 +257,8 @@ def lattice_log_pmf(z: Any, scale: float, resolution: int, tau: float = 1.0) -> 
 
 
 # --------------------------------------------------------------------------------- q
-def _log_q_lattice(counts: np.ndarray, gamma: float, tau: float, P: int,
-                   eps_q: float, moments: int) -> np.ndarray:
+def log_q_lattice(counts: np.ndarray, gamma: float, tau: float, P: int,
+                  eps_q: float, moments: int) -> np.ndarray:
     """log of the union bound per row of a checked (Q, K) count array (before min(q, 1))."""
     if not np.all(np.equal(np.mod(counts, 1), 0)):
         raise ValueError("the lattice mechanism needs integer vote counts")
@@ -268,32 +278,32 @@ def _log_q_lattice(counts: np.ndarray, gamma: float, tau: float, P: int,
 
 def lattice_q_bound(counts: Any, gamma: float, tau: float, resolution: int) -> float:
     """Exact-PMF union bound on Pr[noisy argmax ≠ true argmax] for one query (length K)."""
-    g, t, P = _acc.check_gamma(gamma), _acc.check_tau(tau), _check_resolution(resolution)
-    arr = _acc.check_counts(counts, allow_2d=False)
+    g, t, P = check_gamma(gamma), check_tau(tau), _check_resolution(resolution)
+    arr = check_counts(counts, allow_2d=False)
     eps_q = _lattice_eps(g, t, P, "argmax")[0]
-    return float(min(1.0, math.exp(_log_q_lattice(arr, g, t, P, eps_q, _acc.DEFAULT_MOMENTS)[0])))
+    return float(min(1.0, math.exp(log_q_lattice(arr, g, t, P, eps_q, DEFAULT_MOMENTS)[0])))
 
 
 def lattice_epsilon(counts: Any, gamma: float, tau: float, delta: float, resolution: int,
-                    moments: int = _acc.DEFAULT_MOMENTS, bound: str = "argmax", *,
+                    moments: int = DEFAULT_MOMENTS, bound: str = "argmax", *,
                     failure_probability: float = 0.0) -> dict[str, Any]:
     """Same dict as :func:`speed.privacy.accountant.epsilon`, for the lattice mechanism.
 
     ``failure_probability`` β (per query: noise outside the circuit's range or a wrong
-    bootstrap) is folded as in :func:`speed.privacy.accountant.build_result`: into q when
+    bootstrap) is folded as in :func:`speed.privacy.composition.build_result`: into q when
     the per-query ε is histogram-level (τ = 1, where both bounds equal 2γ, or
     ``bound="histogram"``), else into δ.
     """
-    g, t, d = _acc.check_gamma(gamma), _acc.check_tau(tau), _acc.check_delta(delta)
-    P, L, b = _check_resolution(resolution), _acc.check_moments(moments), _check_bound(bound)
-    beta = _acc.check_failure_probability(failure_probability)
-    arr = _acc.check_counts(counts)
+    g, t, d = check_gamma(gamma), check_tau(tau), check_delta(delta)
+    P, L, b = _check_resolution(resolution), check_moments(moments), _check_bound(bound)
+    beta = check_failure_probability(failure_probability)
+    arr = check_counts(counts)
     q_count = arr.shape[0]
     eps_q = _lattice_eps(g, t, P, b)[0]
-    log_q = np.minimum(_log_q_lattice(arr, g, t, P, eps_q, L), 0.0) if q_count else None
-    return _acc.build_result(eps_q, log_q, q_count, d, L, beta,
-                             histogram_level=(t == 1.0 or b == "histogram"),
-                             mechanism="lattice", resolution=P, bound=b)
+    log_q = np.minimum(log_q_lattice(arr, g, t, P, eps_q, L), 0.0) if q_count else None
+    return build_result(eps_q, log_q, q_count, d, L, beta,
+                        histogram_level=(t == 1.0 or b == "histogram"),
+                        mechanism="lattice", resolution=P, bound=b)
 
 
 # ------------------------------------------------------------- continuous P → ∞ limits
@@ -301,7 +311,7 @@ def lattice_epsilon(counts: Any, gamma: float, tau: float, delta: float, resolut
 def _continuous_argmax(gamma: float, tau: float) -> float:
     def neg_ratio(u: float) -> float:
         # log F(u+1) − log F(u), F(v) = Pr[W_τ ≤ γ v] = Pr[W_τ > −γ v]
-        return -(_acc.vg_log_sf(-gamma * (u + 1.0), tau) - _acc.vg_log_sf(-gamma * u, tau))
+        return -(vg_log_sf(-gamma * (u + 1.0), tau) - vg_log_sf(-gamma * u, tau))
 
     grid = np.linspace(-4.0, 1.0, 501)
     vals = np.array([neg_ratio(u) for u in grid])
@@ -319,7 +329,7 @@ def continuous_argmax_epsilon(gamma: float, tau: float) -> float:
     Reference value for convergence checks (the supremum is found numerically on u ∈ [−4, 1],
     where it lies for the parameters tested; for u → −∞ the ratio tends to γ).
     """
-    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
+    g, t = check_gamma(gamma), check_tau(tau)
     if t == 1.0:
         return 2.0 * g
     return _continuous_argmax(g, t)
@@ -327,10 +337,10 @@ def continuous_argmax_epsilon(gamma: float, tau: float) -> float:
 
 def continuous_q(counts: Any, gamma: float, tau: float) -> float:
     """Exact union bound Σ_j Pr[W_{2τ} > γ (n_{j*} − n_j)] for continuous noise (≤ the paper's q)."""
-    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
-    arr = _acc.check_counts(counts, allow_2d=False)[0]
+    g, t = check_gamma(gamma), check_tau(tau)
+    arr = check_counts(counts, allow_2d=False)[0]
     top = int(np.argmax(arr))
-    logs = [_acc.vg_log_sf(g * (arr[top] - arr[j]), 2.0 * t) for j in range(arr.size) if j != top]
+    logs = [vg_log_sf(g * (arr[top] - arr[j]), 2.0 * t) for j in range(arr.size) if j != top]
     return float(min(1.0, math.exp(special.logsumexp(logs))))
 
 
@@ -349,7 +359,7 @@ def lattice_tail_probability(bound: int, scale: float, resolution: int, tau: flo
     largest table, the upper bound Pr[NB(τ) > A] ≤ θ^{A+1}).
     """
     A = _check_int_bound(bound)
-    lam, P, t = _check_scale(scale), _check_resolution(resolution), _acc.check_tau(tau)
+    lam, P, t = _check_scale(scale), _check_resolution(resolution), check_tau(tau)
     lt = -1.0 / (lam * P)
     if t == 1.0:
         return float(min(1.0, math.exp(math.log(2.0) + (A + 1) * lt - math.log1p(math.exp(lt)))))

@@ -18,7 +18,18 @@ from typing import Any
 import numpy as np
 
 from speed.errors import InputError
-from speed.privacy import accountant as _acc
+from speed.privacy.accountant import log_q_bound_gamma, per_query_epsilon
+from speed.privacy.checks import (
+    check_counts,
+    check_delta,
+    check_gamma,
+    check_mechanism,
+    check_moments,
+    check_tau,
+    require_resolution,
+)
+from speed.privacy.composition import DEFAULT_MOMENTS, delta_total, moments_accountant, moments_alpha
+from speed.privacy.lattice import lattice_per_query_epsilon, log_q_lattice
 
 __all__ = ["PrivacyAccountant"]
 
@@ -31,18 +42,16 @@ _NOT_PUBLISHABLE = (
 @functools.lru_cache(maxsize=1024)
 def _query_epsilon(mechanism: str, gamma: float, tau: float, resolution: int | None) -> float:
     if mechanism == "gamma":
-        return _acc.per_query_epsilon(gamma, tau)
-    from speed.privacy.lattice import lattice_per_query_epsilon
-
+        return per_query_epsilon(gamma, tau)
     return lattice_per_query_epsilon(gamma, tau, resolution)
 
 
 def _check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple[str, float, float, int | None]:
-    g, t = _acc.check_gamma(gamma), _acc.check_tau(tau)
+    g, t = check_gamma(gamma), check_tau(tau)
     if mechanism == "lattice":
-        resolution = _acc._require_resolution(resolution)
+        resolution = require_resolution(resolution)
     else:
-        _acc._check_mechanism(mechanism, resolution)
+        check_mechanism(mechanism, resolution)
     return mechanism, g, t, resolution
 
 
@@ -53,8 +62,8 @@ class PrivacyAccountant:
     identical queries are merged (as Opacus' RDP accountant does with steps).
     """
 
-    def __init__(self, moments: int = _acc.DEFAULT_MOMENTS) -> None:
-        self.moments = _acc.check_moments(moments)
+    def __init__(self, moments: int = DEFAULT_MOMENTS) -> None:
+        self.moments = check_moments(moments)
         self.history: list[list[Any]] = []
         self.failure_probability = 0.0  # Σ β over all queries
         self.failure_probability_folded = 0.0  # Σ β over queries whose ε needs the exact argmax
@@ -66,7 +75,7 @@ class PrivacyAccountant:
 
     # -- bookkeeping
     def _alpha_of(self, eps_q: float, count: int) -> np.ndarray:
-        return count * _acc.moments_alpha([eps_q], None, self.moments)[0]
+        return count * moments_alpha([eps_q], None, self.moments)[0]
 
     def step(self, *, gamma: float, tau: float, mechanism: str = "gamma",
              resolution: int | None = None, counts: Any = None,
@@ -102,19 +111,17 @@ class PrivacyAccountant:
                   res: int | None, n: int, q_extra: float) -> np.ndarray | None:
         if counts is None:
             return None
-        arr = _acc.check_counts(counts)
+        arr = check_counts(counts)
         if arr.shape[0] != n:
             raise InputError(f"counts has {arr.shape[0]} rows for {n} queries")
         if mechanism == "gamma":
             k = arr.shape[1]
-            log_q = np.minimum(_acc.log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k))
+            log_q = np.minimum(log_q_bound_gamma(arr, g, t), math.log1p(-1.0 / k))
         else:
-            from speed.privacy.lattice import _log_q_lattice
-
-            log_q = np.minimum(_log_q_lattice(arr, g, t, res, eps_q, self.moments), 0.0)
+            log_q = np.minimum(log_q_lattice(arr, g, t, res, eps_q, self.moments), 0.0)
         if q_extra > 0:
             log_q = np.minimum(np.logaddexp(log_q, math.log(q_extra)), 0.0)
-        return _acc.moments_alpha(np.full(n, eps_q), log_q, self.moments).sum(axis=0)
+        return moments_alpha(np.full(n, eps_q), log_q, self.moments).sum(axis=0)
 
     # -- queries
     @property
@@ -122,14 +129,14 @@ class PrivacyAccountant:
         return self._num
 
     def _eps(self, alpha: np.ndarray, basic: float, delta: float) -> tuple[float, int, str]:
-        value, order = _acc.moments_accountant(alpha, delta)
+        value, order = moments_accountant(alpha, delta)
         if basic <= value:
             return basic, order, "basic_composition"
         return value, order, "moments"
 
     def get_epsilon(self, delta: float) -> float:
         """Data-independent ε at δ (the publishable number)."""
-        return self._eps(self._alpha, self._basic, _acc.check_delta(delta))[0]
+        return self._eps(self._alpha, self._basic, check_delta(delta))[0]
 
     def projected_epsilon(self, delta: float, *, gamma: float, tau: float, mechanism: str = "gamma",
                           resolution: int | None = None, num_queries: int = 1) -> float:
@@ -137,10 +144,10 @@ class PrivacyAccountant:
         mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
         eps_q = _query_epsilon(mechanism, g, t, res)
         alpha = self._alpha + self._alpha_of(eps_q, num_queries)
-        return self._eps(alpha, self._basic + num_queries * eps_q, _acc.check_delta(delta))[0]
+        return self._eps(alpha, self._basic + num_queries * eps_q, check_delta(delta))[0]
 
     def get_privacy_spent(self, delta: float) -> dict[str, Any]:
-        d = _acc.check_delta(delta)
+        d = check_delta(delta)
         eps, order, method = self._eps(self._alpha, self._basic, d)
         out: dict[str, Any] = {
             "epsilon": eps,
@@ -151,7 +158,7 @@ class PrivacyAccountant:
             "basic_composition": self._basic,
             "failure_probability": self.failure_probability,
             "failure_probability_folded": self.failure_probability_folded,
-            "delta_total": _acc.delta_total(d, eps, self.failure_probability_folded),
+            "delta_total": delta_total(d, eps, self.failure_probability_folded),
             "publishable": True,
             "data_dependent": None,
             "data_dependent_note": _NOT_PUBLISHABLE,
@@ -162,7 +169,7 @@ class PrivacyAccountant:
                 data_dependent=dd,
                 data_dependent_order=dd_order,
                 data_dependent_method=dd_method,
-                data_dependent_delta_total=_acc.delta_total(d, dd, self.failure_probability_folded),
+                data_dependent_delta_total=delta_total(d, dd, self.failure_probability_folded),
             )
         return out
 
@@ -178,7 +185,7 @@ class PrivacyAccountant:
         return dest
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        moments = _acc.check_moments(state_dict.get("moments", _acc.DEFAULT_MOMENTS))
+        moments = check_moments(state_dict.get("moments", DEFAULT_MOMENTS))
         fresh = PrivacyAccountant(moments)
         for mechanism, g, t, res, n in state_dict["history"]:
             fresh.step(gamma=g, tau=t, mechanism=mechanism, resolution=res, num_queries=int(n))

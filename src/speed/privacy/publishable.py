@@ -17,7 +17,7 @@ answered queries, it is (ε, δ_total)-DP with
 so a total outside the compiled range or a wrong bootstrap (the label is still a randomised
 function of the noisy counts) costs nothing, and β is the probability that some holder's share
 was clipped (the noise law itself changed). The ledger, the reports and the CLI all use
-:func:`speed.privacy.accountant.delta_total` for this.
+:func:`speed.privacy.composition.delta_total` for this.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from speed.errors import InputError
-from speed.privacy.accountant import check_delta, check_tau, delta_total
+from speed.privacy.checks import check_delta, check_tau
+from speed.privacy.composition import delta_total
 from speed.privacy.mechanisms import mechanism_from_dict
 from speed.privacy.pld import epsilon_for_queries
 
