@@ -21,8 +21,6 @@ keeps nothing) and the ids of the pads already used.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +31,7 @@ from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import HolderPadKey, open_pad
 from speed.deploy.task import teacher_predictions
 from speed.errors import InputError
+from speed.fsutil import atomic_write_bytes
 from speed.holder import DataHolder
 from speed.privacy.noise import holder_generators
 
@@ -44,16 +43,6 @@ def connect_holder(holder: DataHolder, bundle: messages.CircuitBundle, keys: mes
     """``holder.connect`` with the evaluation keys, or without them for a seeded- or shared-pad
     bundle (such a holder only adds Δ·v to its pad's bodies or share; every pad must carry ``keyset_id``)."""
     holder.connect(bundle, keys, keyset_id=keyset_id)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class HolderNode:
@@ -93,9 +82,9 @@ class HolderNode:
         meta = bundle.to_dict()
         program = meta.pop("program")
         if keys is not None:
-            _atomic_write(directory / "evaluation.keys", keys.data)
-        _atomic_write(directory / "program.bin", program)
-        _atomic_write(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())  # last: marks it usable
+            atomic_write_bytes(directory / "evaluation.keys", keys.data)
+        atomic_write_bytes(directory / "program.bin", program)
+        atomic_write_bytes(directory / "bundle.json", json.dumps(meta, sort_keys=True).encode())  # last: marks it usable
 
     def _load(self, keyset_id: str) -> tuple[messages.CircuitBundle, messages.EvaluationKeys | None]:
         """The stored bundle, and the evaluation keys if this holder has them (``None`` for seeded or shared pads)."""
@@ -164,7 +153,8 @@ class HolderNode:
         if missing:
             labels = teacher_predictions(self.config, self.node, np.asarray(missing, dtype=np.int64))
             existing.update({q: int(v) for q, v in zip(missing, labels)})
-            _atomic_write(path, json.dumps({str(k): v for k, v in sorted(existing.items())}).encode())
+            # the teacher's own answers, before any noise: readable by this holder only
+            atomic_write_bytes(path, json.dumps({str(k): v for k, v in sorted(existing.items())}).encode(), mode=0o600)
         state.clear()
         state.update({"keyset_id": keyset_id, "rng": None, "used_pads": []})
         return {"holder_id": self.holder_id, "keyset_id": keyset_id, "queries": len(ids),

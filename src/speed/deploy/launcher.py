@@ -37,6 +37,7 @@ from speed.deploy.config import SUMMARY_FILE, DeployConfig, write_app_dir
 from speed.deploy.processes import ProcessSet, signals_interrupt
 from speed.deploy.sealing import HolderPadKey
 from speed.errors import SpeedError
+from speed.fsutil import atomic_write_text
 
 __all__ = ["Session", "job_report", "launch", "resolve_noise", "stream_job"]
 
@@ -114,7 +115,8 @@ class Session:
 
     def connect(self, connection: str, port: int, ca_cert: Path) -> None:
         """``flwr``'s connection ``connection`` to the SuperLink on 127.0.0.1:``port`` (TLS, our CA)."""
-        (self.flwr_home / "config.toml").write_text(
+        atomic_write_text(
+            self.flwr_home / "config.toml",
             f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
             f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca_cert}"\n'
         )
@@ -130,7 +132,7 @@ class Session:
         for stale in pins.glob("holder-*.pub"):
             stale.unlink()
         for i in range(self.config.holders):
-            (pins / f"holder-{i}.pub").write_text(HolderPadKey(self.workdir / f"holder-{i}").public_hex() + "\n")
+            atomic_write_text(pins / f"holder-{i}.pub", HolderPadKey(self.workdir / f"holder-{i}").public_hex() + "\n")
         return pins
 
 
@@ -185,7 +187,7 @@ def launch(config: DeployConfig, workdir: Path, cache_dir: Path, tag: str, say: 
     result = job_report(config, workdir, run_dir, summary or {}, status, reason, stop_report,
                         time.perf_counter() - started_at, node_auth=node_auth)
     result.update(session.report)
-    (run_dir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2, sort_keys=True))
     return result
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from speed import messages
 from speed.errors import CiphertextError, InputError
+from speed.fsutil import atomic_create_bytes, atomic_write_text
 
 __all__ = ["HolderPadKey", "PinnedHolderKeys", "open_pad", "seal_pad"]
 
@@ -78,17 +79,8 @@ class HolderPadKey:
 
         if not self.path.is_file():
             key = X25519PrivateKey.generate()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-            try:
-                os.link(tmp, self.path)  # first writer wins if two processes race
-            except FileExistsError:
-                pass
-            tmp.unlink()
+            atomic_create_bytes(self.path, key.private_bytes(  # first writer wins if two processes race
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
         return serialization.load_pem_private_key(self.path.read_bytes(), password=None)
 
     def public_hex(self) -> str:
@@ -128,8 +120,5 @@ class PinnedHolderKeys:
                     "send it pads (remove that entry if the holder really rotated its key)"
                 )
         if changed:
-            self.tofu_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.tofu_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-            os.replace(tmp, self.tofu_path)
+            atomic_write_text(self.tofu_path, json.dumps(known, indent=1, sort_keys=True))
         return {int(h): str(k).strip().lower() for h, k in keys.items()}

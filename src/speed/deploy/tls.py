@@ -6,9 +6,10 @@
 * :func:`make_node_key`: an ECDSA P-384 key pair in OpenSSH format, the form that
   ``flower-supernode --auth-supernode-private-key`` and ``flwr supernode register`` read.
 
-Private keys are written with mode 0600.  For a real federation the CA should be the
-organisation's (or a public one); these helpers exist so that a local run, or a test
-federation, never needs ``openssl`` or a pre-made certificate.
+Private keys are written with mode 0600, certificates and public keys with 0644 (atomically,
+:mod:`speed.fsutil`).  For a real federation the CA should be the organisation's (or a public
+one); these helpers exist so that a local run, or a test federation, never needs ``openssl``
+or a pre-made certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from speed.fsutil import atomic_write_bytes
 
 __all__ = ["Certificates", "NodeKey", "make_certificates", "make_node_key"]
 
@@ -33,13 +36,6 @@ class Certificates:
 class NodeKey:
     private_key: Path
     public_key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _san(names: list[str]):
@@ -97,10 +93,10 @@ def make_certificates(directory: str | os.PathLike, hosts: list[str] | None = No
         .sign(ca_key, hashes.SHA256())
     )
     out = Certificates(directory / "ca.crt", directory / "server.pem", directory / "server.key")
-    out.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(out.server_key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    atomic_write_bytes(out.ca_cert, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write_bytes(out.server_cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write_bytes(out.server_key, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
     return out
 
 
@@ -112,8 +108,8 @@ def make_node_key(directory: str | os.PathLike, name: str) -> NodeKey:
     directory = Path(directory)
     key = ec.generate_private_key(ec.SECP384R1())
     out = NodeKey(directory / f"{name}.key", directory / f"{name}.pub")
-    _write_private(out.private_key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
-    out.public_key.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" speed-{name}\n".encode())
+    atomic_write_bytes(out.private_key, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()), mode=0o600)
+    atomic_write_bytes(out.public_key, key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" speed-{name}\n".encode(), mode=0o644)
     return out
