@@ -30,12 +30,12 @@ parameter tables) and ``global_p_error`` per query (a call of B queries is compi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from speed.crypto.spec import CircuitSpec
+from speed.fsutil import atomic_path
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
 
@@ -335,12 +335,9 @@ def server_program_path(spec: CircuitSpec, cache_dir: Path | None = None) -> Pat
     directory = Path(cache_dir or DEFAULT_CACHE_DIR) / "circuits" / spec.cache_key
     path = directory / "server.zip"
     if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
         module = compile_module(spec)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        module.server.save(tmp_path)
-        os.replace(tmp_path, path)  # atomic: a killed compile never leaves a half file
+        with atomic_path(path, suffix=".zip") as tmp:  # a killed compile never leaves a half file
+            module.server.save(tmp)  # (it strips a ".zip" and adds it back: the suffix keeps the name)
     return path
 
 

@@ -26,9 +26,9 @@ def load_server_program(program: bytes | Path):
 
     if isinstance(program, Path):
         return fhe.Server.load(program)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # a scratch copy for the loader, gone after it
         path = Path(tmp) / "server.zip"
-        path.write_bytes(program)
+        path.write_bytes(program)  # not through speed.fsutil: nothing durable, no reader but this call
         return fhe.Server.load(path)
 
 
