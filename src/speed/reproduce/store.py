@@ -25,21 +25,12 @@ from typing import Any
 import numpy as np
 
 from speed.errors import SpeedError
-from speed.fsutil import fsync_dir
+from speed.fsutil import atomic_write_text  # also imported from here (speed.reproduce.report)
 from speed.journal import Journal
 
+__all__ = ["STORE_VERSION", "LabelStore", "StageCache", "atomic_write_text"]
+
 STORE_VERSION = 2  # 1: plain JSON lines; 2: records of a speed.journal
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class LabelStore:
