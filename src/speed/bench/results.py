@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from speed.fsutil import atomic_write_text
+
 
 def save_result(directory: Path, name: str, payload: dict[str, Any], lines: list[str]) -> Path:
     """Write ``payload`` as JSON and ``lines`` as the Markdown table next to it, print the table,
@@ -14,7 +16,7 @@ def save_result(directory: Path, name: str, payload: dict[str, Any], lines: list
     stamp = time.strftime("%Y-%m-%dT%H%M", time.gmtime())
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / f"{name}-{stamp}.json"
-    path.write_text(json.dumps(payload, indent=2))
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2))
+    atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return path

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from speed.errors import InputError, SpeedError
+from speed.fsutil import atomic_path
 
 BATCHED_FORMAT = 1
 
@@ -318,7 +319,5 @@ def fingerprint(**parts) -> str:
 
 
 def _atomic_save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from speed.errors import InputError, SpeedError
+from speed.fsutil import atomic_path
 
 #: The kymatio release this module is written and tested against (pinned in pyproject.toml).
 KYMATIO_VERSION = "0.3.0"
@@ -160,12 +161,9 @@ def feature_cache_path(cache_dir: str | os.PathLike, dataset_name: str, key: str
 
 def save_feature_cache(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write ``arrays`` and ``meta`` (plus each array's SHA-256) atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, format=FEATURE_FORMAT, sha256={k: _digest(v) for k, v in arrays.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:  # the suffix: np.savez would append ".npz" otherwise
+        np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8), **arrays)
 
 
 def load_feature_cache(path: str | os.PathLike, expected_key: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
