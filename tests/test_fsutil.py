@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import warnings
@@ -9,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from speed import fsutil
 from speed.errors import SpeedError
 from speed.fsutil import (Closeable, FileRepairWarning, append_jsonl, atomic_create_bytes, atomic_path, atomic_write,
                           atomic_write_bytes, atomic_write_json, read_jsonl, temp_files)
@@ -160,3 +162,162 @@ def test_closeable_closes_on_exit():
     with Handle() as h:
         assert isinstance(h, Handle) and h.closed == 0
     assert h.closed == 1
+
+
+# ----------------------------------------------------------------------------- the package's writers
+@pytest.fixture()
+def umask_zero():
+    """Modes must come from the writers, not from the umask."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def _fail_replace(monkeypatch):
+    """Make every atomic replace fail after its temporary file is written (a full disk, a kill)."""
+    def boom(*args, **kw):
+        raise OSError("simulated failure")
+
+    monkeypatch.setattr("speed.fsutil.os.replace", boom)
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_holder_pad_key_is_private_whole_and_first_writer_wins(tmp_path, umask_zero, monkeypatch):
+    from speed.deploy.sealing import HolderPadKey
+
+    key = HolderPadKey(tmp_path / "holder-0")
+    first = key.public_hex()
+    assert _mode(key.path) == 0o600 and _temps(key.path.parent) == []
+    assert HolderPadKey(tmp_path / "holder-0").public_hex() == first
+    # a racing process that also saw no key file: its key is discarded, the first one is used
+    monkeypatch.setattr(type(key.path), "is_file", lambda self: False)
+    assert key.public_hex() == first
+    assert _temps(key.path.parent) == []
+
+
+def test_tofu_file_format_and_failed_write_keeps_it(tmp_path, monkeypatch):
+    from speed.deploy.sealing import PinnedHolderKeys
+
+    tofu = PinnedHolderKeys(tmp_path / "owner")
+    tofu.check({1: "AA" * 32})
+    before = tofu.tofu_path.read_text()
+    assert before == json.dumps({"1": "aa" * 32}, indent=1, sort_keys=True)
+    _fail_replace(monkeypatch)
+    with pytest.raises(OSError, match="simulated"):
+        tofu.check({2: "bb" * 32})
+    assert tofu.tofu_path.read_text() == before and _temps(tofu.tofu_path.parent) == []
+
+
+def test_tls_private_keys_0600_certificates_0644(tmp_path, umask_zero):
+    from speed.deploy.tls import make_certificates, make_node_key
+
+    (tmp_path / "server.key").write_bytes(b"old key, world-readable")  # replaced, not rewritten in place
+    c = make_certificates(tmp_path)
+    k = make_node_key(tmp_path, "hospital-3")
+    assert {p.name: oct(_mode(p)) for p in (c.ca_cert, c.server_cert, c.server_key, k.private_key, k.public_key)} == {
+        "ca.crt": "0o644", "server.pem": "0o644", "server.key": "0o600",
+        "hospital-3.key": "0o600", "hospital-3.pub": "0o644"}
+    assert c.server_key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert _temps(tmp_path) == []
+
+
+def test_holder_keyset_store_is_usable_only_once_complete(tmp_path, monkeypatch):
+    from speed import messages
+    from speed.crypto.runtime import digest
+    from speed.deploy.config import DeployConfig, NodeConfig
+    from speed.deploy.holder_node import HolderNode
+
+    config = DeployConfig(task="table", holders=3, classes=3, queries=4, batch_size=2, mechanism="lattice",
+                          gamma=2.0, job_id="x")
+    node = NodeConfig.from_node_config({"role": "holder", "partition-id": 0, "state-dir": str(tmp_path)})
+    holder = HolderNode(config, node)
+    bundle = messages.CircuitBundle(spec={"num_holders": 3}, program=b"program", program_id=digest(b"program"),
+                                    pad_mode=config.pad_mode)
+    with monkeypatch.context() as m:
+        _fail_replace(m)
+        with pytest.raises(OSError, match="simulated"):
+            holder._store("k1", bundle, None)
+    assert holder.cached_keysets() == [] and _temps(tmp_path / "keysets" / "k1") == []
+    holder._store("k1", bundle, None)
+    assert holder.cached_keysets() == ["k1"]
+    assert holder._load("k1")[0].program == b"program"
+
+
+def test_launcher_files(tmp_path):
+    from speed.deploy.config import DeployConfig
+    from speed.deploy.launcher import launch
+    from speed.errors import SpeedError
+
+    config = DeployConfig(task="table", holders=2, classes=3, queries=4, batch_size=2, mechanism="lattice",
+                          gamma=2.0, job_id="x")
+
+    def body(session):
+        session.connect("local", 1234, tmp_path / "ca.crt")
+        session.pin_holder_keys(session.run_dir / "pins")
+        raise SpeedError("no Flower in this test")
+
+    result = launch(config, tmp_path / "work", tmp_path / "cache", "-t", lambda line: None, body, node_auth=False)
+    assert result["status"] == "failed" and result["reason"] == "no Flower in this test"
+    (run_dir,) = (tmp_path / "work" / "runs").iterdir()
+    assert (run_dir / "flwr-home" / "config.toml").read_text() == (
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:1234"\n'
+        f'root-certificates = "{tmp_path / "ca.crt"}"\n')
+    assert sorted(p.name for p in (run_dir / "pins").iterdir()) == ["holder-0.pub", "holder-1.pub"]
+    assert json.loads((run_dir / "summary.json").read_text()) == result
+    assert not (run_dir / "summary.json").read_text().endswith("\n")  # format unchanged
+    for directory in (run_dir, run_dir / "pins", run_dir / "flwr-home"):
+        assert _temps(directory) == []
+
+
+def test_stage_cache_and_feature_cache_failed_writes_keep_the_old_file(tmp_path, monkeypatch):
+    from speed.learning.features import load_feature_cache, save_feature_cache
+    from speed.reproduce.store import StageCache, atomic_write_text
+
+    assert atomic_write_text is fsutil.atomic_write_text  # speed.reproduce.report imports it from the store
+    cache = StageCache(tmp_path / "stages.json", "k")
+    cache.put("teachers", {"acc": 0.5})
+    npz = tmp_path / "features" / "f.npz"
+    save_feature_cache(npz, {"train": np.ones((2, 3), np.float32)}, {"key": "k"})
+    assert _temps(tmp_path) == [] and _temps(npz.parent) == []
+    with monkeypatch.context() as m:
+        _fail_replace(m)
+        with pytest.raises(OSError, match="simulated"):
+            cache.put("students", {"acc": 0.9})
+        with pytest.raises(OSError, match="simulated"):
+            save_feature_cache(npz, {"train": np.zeros((2, 3), np.float32)}, {"key": "k"})
+    assert StageCache(tmp_path / "stages.json", "k").data == {"teachers": {"acc": 0.5}}
+    assert load_feature_cache(npz, expected_key="k")[0]["train"].tolist() == [[1.0] * 3] * 2
+    assert _temps(tmp_path) == [] and _temps(npz.parent) == []
+
+
+def test_batched_checkpoint_and_bench_results(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from speed.bench.results import save_result
+    from speed.learning.batched import _atomic_save
+
+    ck = tmp_path / "ck" / "heads.pt"
+    _atomic_save(ck, {"step": 1})
+    with monkeypatch.context() as m:
+        _fail_replace(m)
+        with pytest.raises(OSError, match="simulated"):
+            _atomic_save(ck, {"step": 2})
+    assert torch.load(ck) == {"step": 1} and _temps(ck.parent) == []
+    path = save_result(tmp_path / "results", "bench", {"a": 1}, ["| a |", "| 1 |"])
+    assert path.read_text() == json.dumps({"a": 1}, indent=2)
+    assert path.with_suffix(".md").read_text() == "| a |\n| 1 |\n"
+    assert _temps(path.parent) == []
+
+
+def test_server_program_is_cached_atomically(tmp_path, small_spec):
+    from concrete import fhe
+
+    from speed.crypto.circuit import server_program_path
+
+    path = server_program_path(small_spec, tmp_path)
+    assert path.name == "server.zip" and _temps(path.parent) == [] and list(path.parent.iterdir()) == [path]
+    fhe.Server.load(path)
+    assert server_program_path(small_spec, tmp_path) == path  # cached: not compiled again
