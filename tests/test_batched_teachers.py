@@ -11,7 +11,8 @@ import torch
 
 from speed.errors import SpeedError
 from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, fingerprint, pad_shards
-from speed.learning.datasets import Dataset, make_splits
+from speed.learning.datasets import Dataset
+from speed.learning.splits import make_splits
 from speed.learning.features import (
     FeatureCacheError,
     ScatteringSpec,

@@ -29,7 +29,7 @@ from speed.learning import (
     vote_counts,
     write_idx,
 )
-from speed.learning import train as train_mod
+from speed.learning import augment, student, teachers
 from speed.learning.models import LocalResponseNorm
 
 torch.set_num_threads(1)
@@ -244,7 +244,7 @@ def test_fit_student_trains_on_exactly_the_queried_points(digits_splits, monkeyp
         seen.update(x=x, y=y, **kwargs)
         return "model"
 
-    monkeypatch.setattr(train_mod, "train_student", fake_train_student)
+    monkeypatch.setattr(student, "train_student", fake_train_student)
     assert fit_student(lq, method="semi-supervised") == "model"
     assert np.array_equal(seen["x"], q.x) and np.array_equal(seen["y"], q.true_labels)
     pool_rows = {r.tobytes() for r in digits_splits.pool_x}
@@ -293,16 +293,16 @@ def test_fast_lrn_matches_torch():
 def test_random_flip_mirrors_about_half_and_flip_off_draws_nothing_more():
     x = torch.rand(400, 1, 6, 6)
     gen = torch.Generator().manual_seed(0)
-    out = train_mod.random_flip(x, gen)
+    out = augment.random_flip(x, gen)
     same = (out == x).flatten(1).all(1)
     mirrored = (out == x.flip(3)).flatten(1).all(1)
     assert bool((same | mirrored).all())  # every image is itself or its mirror
     assert 150 < int(mirrored.sum()) < 250
     # without flip, weak augmentation is exactly the shift it always was (teachers stay reproducible)
-    a = train_mod.weak_augment(x, torch.Generator().manual_seed(1))
-    b = train_mod.random_shift(x, train_mod._max_shift(6), torch.Generator().manual_seed(1))
+    a = augment.weak_augment(x, torch.Generator().manual_seed(1))
+    b = augment.random_shift(x, augment.max_shift(6), torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
-    flipped = train_mod.weak_augment(x, torch.Generator().manual_seed(1), flip=True)
+    flipped = augment.weak_augment(x, torch.Generator().manual_seed(1), flip=True)
     assert not torch.equal(flipped, a)
 
 
@@ -354,13 +354,13 @@ def test_checkpoint_resume_retrains_only_missing(digits, tmp_path, monkeypatch):
     paths[1].unlink()
 
     calls = []
-    real = train_mod._train_teacher_job
+    real = teachers._train_teacher_job
 
     def counting(job):
         calls.append(job["holder"])
         return real(job)
 
-    monkeypatch.setattr(train_mod, "_train_teacher_job", counting)
+    monkeypatch.setattr(teachers, "_train_teacher_job", counting)
     second = train_teachers(digits, s, config=cfg, **kw)
     assert calls == [1] and second.trained == [1] and second.loaded == [0, 2]
     assert paths[0].stat().st_mtime_ns == mtimes[0] and paths[2].stat().st_mtime_ns == mtimes[2]

@@ -14,19 +14,8 @@ Typical flow::
 """
 
 from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, pad_shards
-from speed.learning.datasets import (
-    DATASET_NAMES,
-    DEFAULT_DATASET,
-    Dataset,
-    LabelledQueries,
-    Queries,
-    Splits,
-    load_dataset,
-    make_splits,
-    read_idx,
-    select_queries,
-    write_idx,
-)
+from speed.learning.checkpoints import checkpoint_path
+from speed.learning.datasets import DATASET_NAMES, DEFAULT_DATASET, Dataset, load_dataset, read_idx, write_idx
 from speed.learning.features import (
     FeatureCacheError,
     FeatureSet,
@@ -34,24 +23,17 @@ from speed.learning.features import (
     scattering_features,
     scattering_transform,
 )
+from speed.learning.inference import accuracy, predict, predict_proba
+from speed.learning.loop import TrainConfig, train_model
 from speed.learning.models import DEFAULT_MODEL, MODELS, build_model, count_parameters, default_model
-from speed.learning.train import (
-    STUDENT_CONFIG,
-    STUDENT_METHODS,
+from speed.learning.splits import LabelledQueries, Queries, Splits, make_splits, select_queries
+from speed.learning.student import STUDENT_CONFIG, STUDENT_METHODS, fit_student, student_config, train_student
+from speed.learning.teachers import (
     TEACHER_CONFIG,
     TeacherEnsemble,
-    TrainConfig,
-    accuracy,
-    checkpoint_path,
-    fit_student,
     plurality,
-    predict,
-    predict_proba,
-    student_config,
     teacher_config,
     teacher_votes,
-    train_model,
-    train_student,
     train_teachers,
     vote_counts,
 )
