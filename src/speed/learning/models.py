@@ -4,8 +4,8 @@
   layers (16, 32 channels), 2x2 max pool, FC 64; ~14k parameters.
 * ``mlp``         one hidden layer of 128 units: a fast baseline for any input.
 * ``compact-cnn`` two 3x3 conv layers (32, 64 channels), each followed by 2x2 max pool,
-  FC 128 with dropout 0.3; ~420k parameters at 28x28, about 7x cheaper per training step
-  than ``pate-mnist`` on one CPU thread (``benchmarks/teacher_recipes.py``).
+  FC 128 with dropout 0.3; ~420k parameters at 28x28, much cheaper per training step
+  than ``pate-mnist`` (``benchmarks/teacher_recipes.py`` compares them).
 * ``pate-mnist``  the PATE / SPEED MNIST CNN (docs/spec.md §6): conv 5x5x64 -> max pool 3x3/2
   -> local response norm -> conv 5x5x128 -> LRN -> max pool 3x3/2 -> FC 384 -> FC 192.
 * ``pate-svhn``   PATE's deeper CNN used for SVHN: seven conv layers (3x3 96, 96,
@@ -44,8 +44,8 @@ class LocalResponseNorm(nn.Module):
     """Cross-channel local response normalisation, same maths as ``nn.LocalResponseNorm``.
 
     ``b_c = a_c / (k + alpha / size * sum_{c' = c - size//2 .. c + (size-1)//2} a_c'^2) ** beta``.
-    Computed with a running sum over channels, about 3x faster on CPU than torch's
-    version (which dominated the PATE MNIST CNN's training time).
+    Computed with a running sum over channels, faster on CPU than torch's version (which
+    dominated the PATE MNIST CNN's training time).
     """
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
@@ -136,7 +136,7 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
 DEFAULT_MODEL = {
     "digits": "digits-cnn",
     "mnist": "pate-mnist",
-    "fashion-mnist": "compact-cnn",  # as accurate as pate-mnist at 1/3 of the CPU time (benchmarks/teacher_recipes.py)
+    "fashion-mnist": "compact-cnn",  # as accurate as pate-mnist, and cheaper (benchmarks/teacher_recipes.py)
     "svhn": "pate-svhn",
     "cifar10": "pate-svhn",
 }

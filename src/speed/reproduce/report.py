@@ -227,7 +227,7 @@ def markdown(r: dict[str, Any]) -> str:
     w("")
     w("All students are trained on a prefix of one labelling run: query selection is prefix-stable, so the "
       "first q labels are those a q-query run would get. Semi-supervised = FixMatch-lite on the "
-      "unqueried pool (the paper used improved-GAN feature matching; see `speed.learning.train`). linear = a "
+      "unqueried pool (the paper used improved-GAN feature matching; see `speed.learning.student`). linear = a "
       "linear head on the teachers' scattering features; linear-self-training = the same, then one round of "
       "self-training on the unqueried public pool (`speed.reproduce.students`).\n")
 
