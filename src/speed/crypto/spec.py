@@ -88,13 +88,12 @@ def signed_width(low: int, high: int) -> int:
 LONE_LOW_BIT_WIDTH = 10
 
 #: GLWE dimensions concrete's parameter search may use by default (:attr:`CircuitSpec.glwe_dimensions`).
-#: Its optimizer ranks parameters by operation count, but on the 2-vCPU machines we measure a
-#: bootstrap is partly limited by memory: every PBS reads a whole Fourier bootstrap key of
-#: n·(k + 1)²·L·N·8 bytes (tens of MB, beyond the caches), which grows with the GLWE dimension k at
-#: fixed k·N.  Limited to k ≤ 2, concrete picks 1024/2/level 1 instead of 512/4/level 1 for the
-#: bit extractions at K = 10, N = 250 (43.8 instead of 60.8 MB per PBS, 8.0 instead of 10.0 GB
-#: read per query): 1.15× faster per query there and 1.30× at N = 1000, although its own estimate
-#: says +8 % and +12 % (docs/he-engine.md).
+#: Its optimizer ranks parameters by operation count, but a bootstrap is partly limited by memory:
+#: every PBS reads a whole Fourier bootstrap key of n·(k + 1)²·L·N·8 bytes (tens of MB, beyond the
+#: caches), which grows with the GLWE dimension k at fixed k·N.  Limited to k ≤ 2, concrete picks
+#: 1024/2/level 1 instead of 512/4/level 1 for the bit extractions at K = 10, N = 250: smaller keys
+#: read per PBS, and faster per query although its own estimate says slower (measurements:
+#: docs/he-engine.md).
 DEFAULT_GLWE_DIMENSIONS = (1, 2)
 
 #: Homomorphic argmax layouts (crypto/circuit.py).
@@ -239,8 +238,8 @@ class CircuitSpec:
         the chain's precision (w − j bits) and multiplies it up to a table's input precision (×2^{w−4}
         for bits 0–2 in a 4-bit table), so the table that reads the lowest bits sets how little
         noise every extraction may carry; reading bit 0 alone lets them use decomposition level 1
-        at w = 10 (1.09× faster per query at K = 10, N = 250, measured; same parameters at w = 11,
-        costlier at w = 7: docs/he-engine.md).
+        at w = 10 (faster per query at K = 10, N = 250; same parameters at w = 11, costlier at
+        w = 7: docs/he-engine.md).
         """
         low_bits = self.argmax_width - 1
         if self.relu_chunks:
