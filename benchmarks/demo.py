@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.fsutil import atomic_write_text  # noqa: E402
 from speed.machine import machine  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def main() -> int:
     result = json.loads(proc.stdout)
     result["machine"] = {**machine_at_start, "wall_s": time.time() - start, "args": sys.argv[1:]}
     path = out_dir / f"demo-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     print(path)
     return 0
 

@@ -84,12 +84,14 @@ def main() -> int:
     args = p.parse_args()
 
     from speed.deploy.config import DeployConfig
+    from speed.fsutil import atomic_path, atomic_write_text
 
     out_dir = Path(__file__).parent / "results" / "deploy_simulation"
     out_dir.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"speed-sim-N{args.holders}-"))
     table = teacher_table(max(64, args.queries), args.holders, args.classes)
-    np.save(work / "table.npy", table)
+    with atomic_path(work / "table.npy", suffix=".npy") as tmp:
+        np.save(tmp, table)
     config = DeployConfig(task="table", holders=args.holders, classes=args.classes, queries=args.queries,
                           batch_size=args.batch_size, pad_mode=args.pad_mode, mechanism="lattice", gamma=3.3,
                           seed=0)  # the paper's noise, as in the runs docs/deploy.md quotes
@@ -129,7 +131,7 @@ def main() -> int:
     }
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     path = out_dir / f"deploy_simulation-N{args.holders}-{stamp}{'-' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(report, indent=2))
+    atomic_write_text(path, json.dumps(report, indent=2))
     print(path)
     print(json.dumps({k: report[k] for k in ("status", "reason", "labels_equal_clear_noisy_argmax", "wall_time_s",
                                              "memory", "bytes")}, indent=1))

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from speed.errors import SpeedError
+    from speed.fsutil import atomic_write_json, atomic_write_text
     from speed.learning import load_dataset, make_splits, plurality, select_queries, vote_counts
     from speed.learning.batched import BatchedConfig, BatchedLinearTeachers
     from speed.learning.features import scattering_features
@@ -133,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                             m, achieved = calibrate(mech, eps, q, args.delta, tau, **fixed)
                             cached[ckey] = {"mechanism": m.to_dict(), "epsilon": float(achieved),
                                             "seconds": round(time.perf_counter() - t1, 1)}
-                            cache_file.parent.mkdir(parents=True, exist_ok=True)
-                            cache_file.write_text(json.dumps(cached, indent=1))
+                            atomic_write_text(cache_file, json.dumps(cached, indent=1))
                         calib[(mech, q, tau, eps)] = {"mechanism": m, "epsilon": float(achieved),
                                                       "seconds": cached[ckey].get("seconds")}
                         print(f"calibrated {mech:8s} Q={q:4d} tau={tau:g} eps={eps:g}: {m.params()} "
@@ -278,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [{k2: v for k2, v in r.items() if k2 != "labels"} for r in rows],
     }
     json_path = out / f"frontier-{stamp}.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(json_path, result, indent=2)
     png_path = out / f"frontier-{stamp}.png"
     plot(summary, plur_ref, references, png_path)
-    (out / "report.md").write_text(report(result, json_path.name, png_path.name))
+    atomic_write_text(out / "report.md", report(result, json_path.name, png_path.name))
     print(f"wrote {json_path}, {png_path}, {out / 'report.md'}")
     return 0
 
@@ -326,6 +326,8 @@ def plot(summary: list[dict], plur_ref: dict, references: dict, path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speed.fsutil import atomic_path
+
     has_students = any("student_accuracy_mean" in e for e in summary)
     fig, axes = plt.subplots(1, 2 if has_students else 1, figsize=(13 if has_students else 7, 5), squeeze=False)
     keys = sorted({(e["mechanism"], e["queries"], e["tau"]) for e in summary})
@@ -355,7 +357,8 @@ def plot(summary: list[dict], plur_ref: dict, references: dict, path: Path) -> N
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.suptitle("Clear-text simulation of the noisy argmax from the teachers' votes (not encrypted runs)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from speed.fsutil import atomic_write_text  # noqa: E402
 
 
 def circuit_at(revision: str, directory: Path):
@@ -36,7 +37,7 @@ def circuit_at(revision: str, directory: Path):
     for name in ("circuit.py", "spec.py"):
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:src/speed/crypto/{name}"],
                               check=True, capture_output=True, text=True).stdout
-        (directory / name).write_text(text)
+        atomic_write_text(directory / name, text)
     spec = importlib.util.spec_from_file_location(f"circuit_{revision}", directory / "circuit.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -15,6 +15,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from speed.fsutil import atomic_write_text  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 #: results folder → the command that writes files there
 WRITERS = {
@@ -83,7 +86,7 @@ def main() -> int:
         out.append("")
     if missing:
         out += ["## Missing (cited, no such file)", ""] + [f"- {m}" for m in missing] + [""]
-    (RESULTS / "INDEX.md").write_text("\n".join(out))
+    atomic_write_text(RESULTS / "INDEX.md", "\n".join(out))
     print(f"{sum(len(v) for v in cites.values())} citations of {len(cites)} files; {len(missing)} missing")
     for m in missing:
         print("missing:", m, file=sys.stderr)

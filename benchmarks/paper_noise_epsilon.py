@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.fsutil import atomic_write_text  # noqa: E402
 from speed.machine import machine  # noqa: E402
 from speed.privacy.accountant import epsilon  # noqa: E402
 from speed.privacy.mechanisms import GammaLaplace, LatticeLaplace  # noqa: E402
@@ -39,7 +40,8 @@ def main() -> int:
     out = Path(__file__).parent / "results" / "privacy"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"paper-noise-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
-    path.write_text(json.dumps({"script": "benchmarks/paper_noise_epsilon.py", "machine": machine(), "rows": rows}, indent=2))
+    atomic_write_text(path, json.dumps({"script": "benchmarks/paper_noise_epsilon.py", "machine": machine(), "rows": rows},
+                                       indent=2))
     for r in rows:
         print(r)
     print(path)

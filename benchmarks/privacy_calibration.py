@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+from speed.fsutil import atomic_write_json
 from speed.privacy import pld
 from speed.privacy.calibrate import calibrate
 from speed.privacy.mechanisms import Skellam
@@ -167,7 +168,7 @@ def main() -> None:
     data["total_seconds"] = time.perf_counter() - started
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"calibration-{now:%Y-%m-%d}.json"
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write_json(path, data, indent=1)
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     print(markdown(data))
 

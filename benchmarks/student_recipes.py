@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from speed.fsutil import atomic_write_text  # noqa: E402
 from speed.machine import machine  # noqa: E402
 
 #: name -> (method, config overrides, train_student keyword arguments)
@@ -107,7 +108,7 @@ def main() -> int:
     path = Path(__file__).parent / "results" / "students" / \
         f"student_recipes-{a.dataset}-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    atomic_write_text(path, json.dumps(out, indent=2))
     print(f"\n{'recipe':24s} {'test accuracy':>13s} {'seconds':>8s}")
     for r in rows:
         print(f"{r['recipe']:24s} {r['accuracy']:13.4f} {r['seconds']:8.0f}")

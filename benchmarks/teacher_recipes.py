@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speed.fsutil import atomic_write_text
 from speed.machine import machine
 
 #: name -> (model, TrainConfig fields)
@@ -96,7 +97,7 @@ def main() -> int:
     path = Path(__file__).parent / "results" / "teachers" / \
         f"teacher_recipes-{a.dataset}-{time.strftime('%Y-%m-%dT%H%M', time.gmtime())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    atomic_write_text(path, json.dumps(out, indent=2))
     print(path)
     return 0
 

@@ -20,6 +20,7 @@ compressed file exceeds 10 MB it goes to ``CACHE/frontier/`` instead and the JSO
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from speed.errors import SpeedError
+    from speed.fsutil import atomic_write_bytes, atomic_write_json
     from speed.learning import load_dataset, make_splits, plurality, vote_counts
     from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, fingerprint, pad_shards
     from speed.learning.features import ScatteringSpec, scattering_features
@@ -101,18 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     votes_name = f"votes-{args.dataset}-N{args.holders}.npz"
-    votes_path = out / votes_name
+    buf = io.BytesIO()
     np.savez_compressed(
-        votes_path, pool_votes=pool_votes.astype(np.int16), test_votes=test_votes.astype(np.int16),
+        buf, pool_votes=pool_votes.astype(np.int16), test_votes=test_votes.astype(np.int16),
         pool_indices=splits.pool_indices, test_indices=splits.test_indices, pool_y=pool_y, test_y=test_y,
         meta=np.frombuffer(json.dumps({"features_key": feats.key, "fingerprint": fp, "weights": heads.weights_digest(),
                                        "config": vars(args)}, default=str).encode(), dtype=np.uint8),
     )
-    if votes_path.stat().st_size > SIZE_LIMIT:
-        moved = Path(args.cache_dir) / "frontier" / votes_name
-        moved.parent.mkdir(parents=True, exist_ok=True)
-        votes_path.replace(moved)
-        votes_path = moved
+    votes_bytes = buf.getvalue()
+    votes_path = (Path(args.cache_dir) / "frontier" if len(votes_bytes) > SIZE_LIMIT else out) / votes_name
+    atomic_write_bytes(votes_path, votes_bytes)
+    if votes_path != out / votes_name:  # as before: a large file is not left in the results folder
+        (out / votes_name).unlink(missing_ok=True)
     result = {
         "benchmark": "teachers_scattering",
         "machine": machine(),
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "votes_file": str(votes_path.relative_to(ROOT) if votes_path.is_relative_to(ROOT) else votes_path),
         "votes_file_bytes": votes_path.stat().st_size,
     }
-    (out / f"teachers-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / f"teachers-{stamp}.json", result, indent=2)
     print(json.dumps({k: result[k] for k in ("teacher_accuracy_test", "plurality_accuracy_test",
                                               "plurality_accuracy_pool", "votes_file", "votes_file_bytes")}, indent=1))
     print(f"teachers: {heads.train_seconds:.0f} s for {heads.steps_done} steps "
