@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from speed.errors import InputError
-from speed.privacy import lattice_log_pmf, noise_bound_for, pld
+from speed.privacy import lattice_log_pmf, noise_bound_for
 from speed.privacy.mechanisms import (
     GammaLaplace,
     LatticeLaplace,
@@ -165,7 +165,3 @@ def test_laplace_noise_bounds():
         Skellam(1.0).noise_bound(1e-6, 0)
 
 
-def test_method_and_function_agree():
-    m = Skellam(40.0)
-    assert m.publishable_epsilon(20, 1e-5) == pld.publishable_epsilon(m, 20, 1e-5)
-    assert m.publishable_epsilon(20, 1e-5, tau=0.8) == pld.publishable_epsilon(m, 20, 1e-5, 0.8)

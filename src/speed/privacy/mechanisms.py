@@ -34,6 +34,8 @@ from scipy import special
 
 from speed.errors import InputError
 from speed.privacy import noise as _noise
+from speed.privacy.lattice import lattice_log_pmf, lattice_tail_probability, noise_bound_for
+from speed.privacy.variance_gamma import vg_log_sf, vg_pdf
 
 __all__ = [
     "GammaLaplace",
@@ -147,12 +149,6 @@ class Mechanism:
                                  f"{num_holders if n_rows is None else n_rows} rows of shares")
             return np.concatenate([self._sample(num_holders, num_classes, g, 1) for g in rng])
         return self._sample(num_holders, num_classes, rng, n_rows)
-
-    def publishable_epsilon(self, num_queries: int, delta: float, tau: float = 1.0, **kwargs: Any) -> float:
-        """Data-independent ε of releasing ``num_queries`` noisy histograms (PLD accounting)."""
-        from speed.privacy import pld
-
-        return pld.publishable_epsilon(self, num_queries, delta, tau, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mechanism": self.name, **self.params()}
@@ -282,18 +278,12 @@ class LatticeLaplace(Mechanism):
 
     def sum_log_pmf(self, z: Any, tau: float = 1.0) -> np.ndarray:
         """log Pr[NB(τ, p) − NB(τ, p) = z] (τ = 1: discrete Laplace), z in lattice steps."""
-        from speed.privacy.lattice import lattice_log_pmf
-
         return lattice_log_pmf(z, self.scale, self.resolution, _tau(tau))
 
     def sum_tail(self, bound: int, tau: float = 1.0) -> float:
-        from speed.privacy.lattice import lattice_tail_probability
-
         return lattice_tail_probability(int(bound), self.scale, self.resolution, _tau(tau))
 
     def noise_bound(self, failure_probability: float, coordinates: int = 1) -> int:
-        from speed.privacy.lattice import noise_bound_for
-
         beta, c = _failure(failure_probability, coordinates)
         return noise_bound_for(beta, self.scale, self.resolution, coordinates=c)
 
@@ -323,8 +313,6 @@ class GammaLaplace(Mechanism):
 
     def sum_log_pmf(self, z: Any, tau: float = 1.0) -> np.ndarray:
         """log *density* of Gamma(τ, λ) − Gamma(τ, λ) at z (votes; τ = 1: Laplace(λ))."""
-        from speed.privacy.accountant import vg_pdf
-
         t = _tau(tau)
         zz = np.asarray(z, dtype=np.float64)
         if t == 1.0:
@@ -333,8 +321,6 @@ class GammaLaplace(Mechanism):
             return np.log(vg_pdf(zz, t, self.scale))
 
     def sum_tail(self, bound: float, tau: float = 1.0) -> float:
-        from speed.privacy.accountant import vg_log_sf
-
         t = _tau(tau)
         if bound < 0:
             return 1.0
