@@ -93,8 +93,9 @@ def label(
     """
     from speed.holder import DataHolder
     from speed.owner.owner import ModelOwner
-    from speed.pipeline import RunConfig, circuit_spec, failure_probabilities, noise_mechanism, run_id
-    from speed.privacy.ledger import PrivacyLedger
+    from speed.owner.release import charge_then_release, open_ledger
+    from speed.params import circuit_spec, default_cache_dir
+    from speed.pipeline import RunConfig, charged_failure_probability, default_ledger_path
     from speed.privacy.noise import holder_generators
     from speed.protocol import label_queries, setup_parties
 
@@ -103,7 +104,7 @@ def label(
     preds = _check_predictions(predictions, int(num_classes))
     if target_epsilon is None and sigma is None:
         raise InputError("give target_epsilon (the publishable ε to meet) or sigma (the Skellam noise)")
-    cache = Path(cache_dir if cache_dir is not None else os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
+    cache = Path(cache_dir if cache_dir is not None else default_cache_dir())
     num_queries, num_holders = preds.shape
     config = RunConfig(
         holders=num_holders, queries=num_queries, mechanism="skellam", target_epsilon=target_epsilon, sigma=sigma,
@@ -113,23 +114,23 @@ def label(
         ledger=None if ledger is None else str(ledger),
     )
     config.validate(int(num_classes))
-    noise = noise_mechanism(config)
-    spec = circuit_spec(config, int(num_classes), noise)
-    clip_failure = failure_probabilities(spec, noise)[1]  # all the histogram-level PLD ε does not cover
+    noise = config.protocol.noise_mechanism(num_queries)
+    spec = circuit_spec(config.protocol, int(num_classes), num_holders, noise)
+    clip_failure = charged_failure_probability(spec, noise)  # all the histogram-level PLD ε does not cover
 
     owner = ModelOwner(spec, cache_dir=cache, pad_mode=pad_mode)
     rngs = [None] * num_holders if seed is None else holder_generators(seed, num_holders)
     holders = [DataHolder(i, (lambda q, i=i: preds[np.asarray(q, dtype=np.int64), i]), rng=rngs[i], noise=noise)
                for i in range(num_holders)]
     server = setup_parties(owner, holders)
-    ledger_path = Path(ledger) if ledger is not None else cache / "ledgers" / f"{run_id()}.jsonl"
-    book = PrivacyLedger(ledger_path, delta=delta, max_epsilon=max_epsilon, tau=tau, noise=noise,
-                         num_holders=num_holders, expected_holders=num_holders,
-                         plan={"planned_queries": num_queries, "target_epsilon": target_epsilon, "tau": tau})
+    ledger_path = default_ledger_path(config)
+    book = open_ledger(ledger_path, config.protocol, noise, num_holders=num_holders, planned_queries=num_queries,
+                       max_epsilon=max_epsilon)
     try:
         result = label_queries(
             owner, server, holders, np.arange(num_queries), np.arange(num_queries),
-            before_release=lambda batch, _sums: book.charge_batch(batch.query_ids, failure_probability=clip_failure),
+            before_release=lambda batch, _sums: charge_then_release(book, batch.query_ids,
+                                                                    failure_probability=clip_failure),
             progress=progress,
         )
         spent = book.epsilon()

@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from speed.crypto.seeded import PAD_MODES, aggregate_input_for
-from speed.crypto.spec import CircuitSpec, choose_noise_bound
+from speed.crypto.spec import CircuitSpec
 from speed.errors import BudgetExhaustedError, InputError
 from speed.holder import DataHolder
 from speed.owner.owner import ModelOwner
+from speed.owner.release import charge_then_release, open_ledger
+from speed.params import DEFAULT_TARGET_EPSILON, ProtocolParams, default_cache_dir  # noqa: F401  (re-exported)
+from speed.params import circuit_spec as params_circuit_spec
 from speed.privacy.mechanisms import LatticeLaplace, Mechanism, Skellam
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
@@ -31,53 +33,59 @@ def run_id() -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of one run (defaults: the demo, ~5 min on 2 cores)."""
+    """Settings of one run (defaults: the demo, ~5 min on 2 cores).
+
+    The protocol's parameters (noise, circuit, seed, cache) are flat fields here, as ``speed demo``
+    names them and its JSON settings list them; :attr:`protocol` is the one
+    :class:`speed.params.ProtocolParams` made of them (defaults, checks and meanings there).
+    Bad settings are refused when the config is made (:class:`speed.errors.InputError`).
+    """
 
     dataset: str = "digits"
     data_dir: str | None = None
     holders: int = 20
     queries: int = 60
-    mechanism: str = "skellam"  # noise: "skellam" (publishable ε, the default) or "lattice" (the paper's Laplace)
-    target_epsilon: float | None = None  # publishable ε for `queries` queries: calibrates σ (or γ)
-    sigma: float | None = None  # Skellam σ given directly (instead of target_epsilon)
-    gamma: float = 3.3  # γ = 1/λ of the lattice Laplace noise (the paper's analysis value)
-    tau: float = 1.0  # fraction of holders whose noise stays secret, for the accountant
-    delta: float = 1e-5
-    resolution: int = 1  # P lattice steps per vote
-    batch_size: int = 10  # queries per circuit call
-    pad_mode: str = "shared"  # how holders encrypt: "shared" (one pad per batch, shares summed by the server), "seeded", "encode"
-    noise_failure: float = 1e-12  # per-query probability that noise leaves the compiled range
-    global_p_error: float = 1e-9  # probability that a PBS behind one query's label is wrong
-    range_check: str = "off"  # encrypted check of the class sums' range: "off", "classes" or "total" (README)
-    seed: int = 0
-    production_noise: bool = False  # True: OS CSPRNG; False: seeded per-holder streams
+    mechanism: str = ProtocolParams.mechanism
+    target_epsilon: float | None = ProtocolParams.target_epsilon
+    sigma: float | None = ProtocolParams.sigma
+    gamma: float = ProtocolParams.gamma
+    tau: float = ProtocolParams.tau
+    delta: float = ProtocolParams.delta
+    resolution: int = ProtocolParams.resolution
+    batch_size: int = ProtocolParams.batch_size
+    pad_mode: str = ProtocolParams.pad_mode
+    noise_failure: float = ProtocolParams.noise_failure
+    global_p_error: float = ProtocolParams.global_p_error
+    range_check: str = ProtocolParams.range_check
+    seed: int = ProtocolParams.seed
+    production_noise: bool = ProtocolParams.production_noise
     student_method: str = "supervised"
-    cache_dir: str = ".speed-cache"
+    cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     max_epsilon: float | None = None  # budget guard on the data-independent ε
     ledger: str | None = None  # privacy ledger path (default: <cache_dir>/ledgers/<run id>.jsonl)
 
-    def validate(self, num_classes: int | None = None) -> None:
-        """Refuse bad settings before any work; messages name the `speed demo` option.
-
-        ``num_classes`` (the dataset's, once loaded) also checks that the circuit can be built.
-        """
+    def __post_init__(self) -> None:
+        # messages name the `speed demo` option
         from speed.cli import options as opt
 
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
         opt.check_positive_int(self.queries, "--queries")
-        opt.check_noise_options(self.mechanism, ENCRYPTED_MECHANISMS, self.gamma, self.sigma, self.target_epsilon)
-        opt.check_tau(self.tau, "--tau")
-        opt.check_delta(self.delta, "--delta")
-        opt.check_resolution(self.resolution, "--resolution")
-        opt.check_positive_int(self.batch_size, "--batch-size")
-        opt.check_choice(self.pad_mode, "--pad-mode", PAD_MODES)
-        opt.check_choice(self.range_check, "--range-check", ("off", "classes", "total"))
-        opt.check_seed(self.seed, "--seed")
+        self.protocol  # noqa: B018  (made here: its checks refuse bad settings)
         opt.check_choice(self.student_method, "--student", ("supervised", "semi-supervised"))
-        opt.check_float(self.noise_failure, "noise_failure", low=0.0, high=1.0, low_open=True, high_open=True)
-        opt.check_float(self.global_p_error, "global_p_error", low=0.0, high=1.0, low_open=True, high_open=True)
         if self.max_epsilon is not None:
             opt.check_max_epsilon(self.max_epsilon, "--max-epsilon")
+
+    @property
+    def protocol(self) -> ProtocolParams:
+        """The protocol's parameters of this run (made from the flat fields; checked when the config is made)."""
+        return ProtocolParams(**{name: getattr(self, name) for name in PROTOCOL_FIELDS})
+
+    def validate(self, num_classes: int | None = None) -> None:
+        """Refuse, before any work, what the fields alone cannot tell: a ledger file that cannot be
+        written and, with ``num_classes`` (the dataset's, once loaded), a circuit that cannot be built.
+        Messages name the `speed demo` option."""
+        from speed.cli import options as opt
+
         if self.ledger is not None:
             opt.check_ledger_file(self.ledger, "--ledger")
         if num_classes is not None:
@@ -87,36 +95,18 @@ class RunConfig:
                 circuit_spec(self, num_classes)  # the noise bound and the circuit's ranges (cheap here)
 
 
-#: Noise mechanisms the encrypted pipeline runs (integer shares); "gamma" is clear-text only.
-ENCRYPTED_MECHANISMS = ("skellam", "lattice")
-#: Publishable ε the demo plans for when neither --target-epsilon nor --sigma is given: with
-#: only 20 holders a vote margin is a few votes, so the noise that keeps labels useful costs
-#: more ε than at N = 250 (README, "Choosing your privacy level").
-DEFAULT_TARGET_EPSILON = 10.0
+#: Fields of :class:`RunConfig` that are :class:`speed.params.ProtocolParams` fields.
+PROTOCOL_FIELDS = tuple(f.name for f in fields(ProtocolParams))
 
 
 def planned_target_epsilon(config: RunConfig) -> float | None:
     """The publishable ε the noise is calibrated to (None when σ or γ is given directly)."""
-    if config.sigma is not None or (config.mechanism != "skellam" and config.target_epsilon is None):
-        return None
-    return DEFAULT_TARGET_EPSILON if config.target_epsilon is None else config.target_epsilon
+    return config.protocol.planned_target_epsilon
 
 
 def noise_mechanism(config: RunConfig) -> Mechanism:
-    """The noise object of ``config``: Skellam(σ) from ``sigma`` or calibrated to the target ε over
-    ``queries`` queries at ``tau`` and ``delta``; the lattice Laplace from ``gamma`` (or calibrated)."""
-    from speed.privacy.calibrate import calibrate
-    from speed.privacy.mechanisms import LatticeLaplace, Skellam
-
-    if config.mechanism == "skellam":
-        if config.sigma is not None:
-            return Skellam(config.sigma)
-        target = DEFAULT_TARGET_EPSILON if config.target_epsilon is None else config.target_epsilon
-        return calibrate("skellam", target, config.queries, config.delta, config.tau)[0]
-    if config.target_epsilon is not None:
-        return calibrate("lattice", config.target_epsilon, config.queries, config.delta, config.tau,
-                         resolution=config.resolution)[0]
-    return LatticeLaplace(config.gamma, config.resolution)
+    """The noise of ``config`` for its ``queries`` queries (:meth:`speed.params.ProtocolParams.noise_mechanism`)."""
+    return config.protocol.noise_mechanism(config.queries)
 
 
 def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, holders: int, seed: int,
@@ -126,18 +116,10 @@ def teacher_checkpoint_dir(cache_dir: str | os.PathLike, dataset_name: str, hold
 
 
 def circuit_spec(config: RunConfig, num_classes: int, noise: Mechanism | None = None) -> CircuitSpec:
-    """The circuit the owner compiles for ``config``: noise bound A of its noise mechanism for the
-    failure target (K · Pr[|Z| > A] ≤ ``noise_failure`` per query), one vote = ``vote_step`` steps."""
-    noise = noise_mechanism(config) if noise is None else noise
-    if isinstance(noise, LatticeLaplace):
-        bound = choose_noise_bound(config.holders, num_classes, noise.scale, noise.resolution, config.noise_failure)
-    else:
-        bound = noise.noise_bound(config.noise_failure, coordinates=num_classes)
-    return CircuitSpec(
-        num_holders=config.holders, num_classes=num_classes, noise_bound=bound,
-        resolution=noise.vote_step, batch_size=config.batch_size, global_p_error=config.global_p_error,
-        aggregate_input=aggregate_input_for(config.pad_mode), range_check=config.range_check,
-    )
+    """The circuit the owner compiles for ``config`` (:func:`speed.params.circuit_spec` with the run's
+    holders and noise)."""
+    return params_circuit_spec(config.protocol, num_classes, config.holders,
+                               noise_mechanism(config) if noise is None else noise)
 
 
 def failure_probabilities(spec: CircuitSpec, noise: Mechanism | float) -> tuple[float, float]:
@@ -170,6 +152,19 @@ def failure_probability_per_query(spec: CircuitSpec, noise: Mechanism | float) -
     """
     histogram, clip = failure_probabilities(spec, noise)
     return histogram + clip
+
+
+def charged_failure_probability(spec: CircuitSpec, noise: Mechanism) -> float:
+    """β per query the ledger folds into δ (docs/privacy.md "Circuit failures and δ"): the PLD ε of
+    Skellam noise is histogram-level, so only clipped shares count; the paper's lattice analysis
+    needs the exact argmax, so both failures count."""
+    histogram, clip = failure_probabilities(spec, noise)
+    return clip if isinstance(noise, Skellam) else histogram + clip
+
+
+def default_ledger_path(config: RunConfig) -> Path:
+    """``config.ledger``, or a new ledger of this run under the cache directory."""
+    return Path(config.ledger) if config.ledger else Path(config.cache_dir) / "ledgers" / f"{run_id()}.jsonl"
 
 
 def refuse_unanswerable(config: RunConfig, noise: Mechanism | None = None) -> None:
@@ -252,7 +247,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         train_teachers,
         vote_counts,
     )
-    from speed.privacy.ledger import PrivacyLedger
 
     times: dict[str, float] = {}
     config.validate()
@@ -292,29 +286,17 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     holders = make_holders(teachers, noise, rngs)
     server = setup_parties(owner, holders)
     failure_per_query = failure_probability_per_query(spec, noise)
-    # what the ledger folds into δ: the PLD ε of Skellam noise is histogram-level (docstring above)
-    charged_failure = failure_probabilities(spec, noise)[1] if isinstance(noise, Skellam) else failure_per_query
-    ledger_path = Path(config.ledger) if config.ledger else cache / "ledgers" / f"{run_id()}.jsonl"
-    if isinstance(noise, Skellam):  # the publishable (PLD) ε, with the plan written first
-        ledger = PrivacyLedger(
-            ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, tau=config.tau, noise=noise,
-            num_holders=config.holders, expected_holders=config.holders,
-            plan={"planned_queries": config.queries, "target_epsilon": planned_target_epsilon(config),
-                  "tau": config.tau},
-        )
-    else:  # the paper's lattice Laplace and its moments accountant
-        ledger = PrivacyLedger(
-            ledger_path, delta=config.delta, max_epsilon=config.max_epsilon, gamma=noise.gamma, tau=config.tau,
-            mechanism="lattice", resolution=noise.resolution, num_holders=config.holders,
-            expected_holders=config.holders,
-        )
+    charged_failure = charged_failure_probability(spec, noise)
+    ledger_path = default_ledger_path(config)
+    ledger = open_ledger(ledger_path, config.protocol, noise, num_holders=config.holders,
+                         planned_queries=config.queries, max_epsilon=config.max_epsilon)
     row_of = {int(pos): row for row, pos in enumerate(queries.positions)}
 
     def charge(batch, clear_noisy_sums) -> None:
         """Owner: durable ledger records (budget-checked) before any label is released."""
         ids = [int(q) for q in batch.query_ids]
         counts = None if isinstance(noise, Skellam) else [clear_counts[row_of[q]] for q in ids]
-        ledger.charge_batch(ids, failure_probability=charged_failure, counts=counts)
+        charge_then_release(ledger, ids, failure_probability=charged_failure, counts=counts)
 
     try:
         labelling = label_queries(

@@ -3,9 +3,10 @@
 Two layers over the same rules:
 
 * ``check_*(value, option)`` functions raise :class:`speed.errors.InputError` with a
-  message that names the option the user typed (``--gamma must be ...``).  The configs'
-  ``validate()`` methods (``RunConfig``, ``ReproduceConfig``, ``DeployConfig``) call them,
-  so library callers get the same refusals as the command line.
+  message that names the option the user typed (``--gamma must be ...``).  The protocol's
+  parameters (:class:`speed.params.ProtocolParams`) and the configs (``RunConfig``,
+  ``ReproduceConfig``, ``DeployConfig``) call them, so library callers get the same refusals
+  as the command line.
 * argparse ``type=`` functions (``positive_int``, ``gamma``, ``fraction``, ``existing_file``,
   ``ledger_file``, ...) apply them while parsing, before any work starts; argparse prefixes
   their message with ``argument --option:``.
@@ -171,22 +172,6 @@ def check_target_epsilon(value: Any, option: str = "--target-epsilon") -> float:
                        requirement=f"the target ε must be a positive finite number ≤ {MAX_TARGET_EPSILON:g}")
 
 
-def check_noise_options(mechanism: Any, choices: tuple[str, ...], gamma: Any, sigma: Any,
-                        target_epsilon: Any) -> None:
-    """The noise options of demo, reproduce and deploy: a known --mechanism, a valid --gamma, and
-    --sigma (Skellam only) or --target-epsilon, not both."""
-    check_choice(mechanism, "--mechanism", choices)
-    check_gamma(gamma, "--gamma")
-    if sigma is not None:
-        check_sigma(sigma, "--sigma")
-        if mechanism != "skellam":
-            raise InputError(f"--sigma applies to --mechanism skellam, not {mechanism}")
-        if target_epsilon is not None:
-            raise InputError("give --target-epsilon or --sigma, not both")
-    if target_epsilon is not None:
-        check_target_epsilon(target_epsilon, "--target-epsilon")
-
-
 def check_resolution(value: Any, option: str = "--resolution") -> int:
     return check_int(value, option, 1, MAX_RESOLUTION)
 
@@ -346,3 +331,4 @@ ledger_file = _type(check_ledger_file, "ledger_file")
 torch_device = _type(check_torch_device, "torch_device")
 file_name = _type(check_file_name, "file_name")
 job_id = _type(check_job_id, "job_id")
+

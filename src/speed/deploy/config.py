@@ -10,17 +10,19 @@ the holder's teacher) are *node* config (``flower-supernode --node-config``), se
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from speed.cli.options import PAD_MODES
 from speed.errors import InputError
+from speed.params import DEFAULT_TARGET_EPSILON, MECHANISMS, ProtocolParams, circuit_spec, default_cache_dir
+
+__all__ = ["DEFAULT_TARGET_EPSILON", "MECHANISMS", "DeployConfig", "NodeConfig", "app_pyproject", "check_job_inputs",
+           "default_cache_dir", "default_workdir", "simulated_node_config", "write_app_dir"]
 
 if TYPE_CHECKING:
     from speed.crypto.spec import CircuitSpec
@@ -35,61 +37,40 @@ TASKS = ("digits", "table")
 SUMMARY_FILE = "summary-file"
 
 
-def default_cache_dir() -> Path:
-    """Compiled circuits, keys, teachers: ``$SPEED_CACHE_DIR`` or ``.speed-cache``."""
-    return Path(os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
-
-
 def default_workdir() -> Path:
-    """Where ``speed deploy local`` keeps the parties' state and its runs: under the cache directory."""
+    """Where ``speed deploy local`` keeps the parties' state and its runs: under the cache directory
+    (:func:`speed.params.default_cache_dir`)."""
     return default_cache_dir() / "deploy"
-
-
-#: Noise mechanisms a deployed job runs (integer shares), as in ``speed demo``.
-MECHANISMS = ("skellam", "lattice")
-#: Publishable ε planned when neither --target-epsilon nor --sigma is given (the value of
-#: ``speed.pipeline.DEFAULT_TARGET_EPSILON``, not imported: parsing must not load the crypto stack).
-DEFAULT_TARGET_EPSILON = 10.0
-
-
-@functools.lru_cache(maxsize=16)
-def _resolve_noise(mechanism: str, sigma: float, target: float | None, gamma: float, resolution: int,
-                   queries: int, delta: float, tau: float):
-    from speed.privacy.calibrate import calibrate
-    from speed.privacy.mechanisms import LatticeLaplace, Skellam
-
-    if mechanism == "skellam":
-        if sigma:
-            return Skellam(sigma)
-        return calibrate("skellam", target, queries, delta, tau)[0]
-    if target:
-        return calibrate("lattice", target, queries, delta, tau, resolution=resolution)[0]
-    return LatticeLaplace(gamma, resolution)
 
 
 @dataclass(frozen=True)
 class DeployConfig:
-    """One labelling job.  Field ``foo_bar`` is run-config key ``foo-bar``."""
+    """One labelling job.  Field ``foo_bar`` is run-config key ``foo-bar``.
+
+    Flower's run config is flat TOML without a null: "not given" is 0.0 for ``target_epsilon``,
+    ``sigma`` and ``max_epsilon``.  :attr:`protocol` maps those once to the
+    :class:`speed.params.ProtocolParams` of the job, which checks them (defaults and meanings there).
+    """
 
     task: str = "digits"  # "digits": sklearn digits + CNN teachers; "table": fixed teacher-prediction table
     holders: int = 5  # N: holder slots of the compiled circuit
     classes: int = 0  # K (0: the task's own class count; required for "table")
     queries: int = 10  # Q
-    batch_size: int = 10  # queries per circuit call
-    mechanism: str = "skellam"  # noise: "skellam" (distributed Skellam, publishable PLD ε) or "lattice" (the paper's)
+    batch_size: int = ProtocolParams.batch_size  # queries per circuit call
+    mechanism: str = ProtocolParams.mechanism  # noise: "skellam" (publishable PLD ε) or "lattice" (the paper's)
     target_epsilon: float = 0.0  # publishable ε planned for the Q queries: calibrates σ (or γ); 0 = not given
     sigma: float = 0.0  # Skellam σ given directly (instead of target-epsilon); 0 = not given
     noise: str = ""  # the resolved mechanism as JSON (Mechanism.to_dict; public), written by the launcher
-    gamma: float = 3.3  # γ = 1/λ of the lattice noise (mechanism "lattice")
-    tau: float = 1.0  # assumed fraction of holders whose noise stays secret
-    delta: float = 1e-5
-    resolution: int = 1  # lattice steps P per vote
-    noise_failure: float = 1e-12
-    global_p_error: float = 1e-9
-    seed: int = 0  # splits, queries, and (unless production-noise) the holders' noise streams
-    production_noise: bool = False  # True: holders draw noise from the OS CSPRNG
+    gamma: float = ProtocolParams.gamma  # γ = 1/λ of the lattice noise (mechanism "lattice")
+    tau: float = ProtocolParams.tau  # assumed fraction of holders whose noise stays secret
+    delta: float = ProtocolParams.delta
+    resolution: int = ProtocolParams.resolution  # lattice steps P per vote
+    noise_failure: float = ProtocolParams.noise_failure
+    global_p_error: float = ProtocolParams.global_p_error
+    seed: int = ProtocolParams.seed  # splits, queries, and (unless production-noise) the holders' noise streams
+    production_noise: bool = ProtocolParams.production_noise  # True: holders draw noise from the OS CSPRNG
     # "shared": holders add Δ·v to shares of one pad per batch; "seeded": to seeded pads; "encode": run `encode`
-    pad_mode: str = "shared"
+    pad_mode: str = ProtocolParams.pad_mode
     job_id: str = ""  # ledger run id; "" = derived from the settings (a rerun resumes the same job)
     min_holders: int = 0  # continue a batch with at least this many answering holders (0 = all N)
     max_epsilon: float = 0.0  # owner's budget on the data-independent ε (0 = none)
@@ -104,28 +85,11 @@ class DeployConfig:
         from speed.cli import options as opt
 
         opt.check_choice(self.task, "--task", TASKS)
-        opt.check_choice(self.pad_mode, "--pad-mode", PAD_MODES)
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
         if self.classes != 0:
             opt.check_int(self.classes, "--classes", 2, opt.MAX_CLASSES)
         opt.check_positive_int(self.queries, "--queries")
-        opt.check_positive_int(self.batch_size, "--batch-size")
-        opt.check_gamma(self.gamma, "--gamma")
-        opt.check_choice(self.mechanism, "--mechanism", MECHANISMS)
-        if self.sigma:
-            opt.check_sigma(self.sigma, "--sigma")
-            if self.mechanism != "skellam":
-                raise InputError(f"--sigma applies to --mechanism skellam, not {self.mechanism}")
-            if self.target_epsilon:
-                raise InputError("give --target-epsilon or --sigma, not both")
-        if self.target_epsilon:
-            opt.check_target_epsilon(self.target_epsilon, "--target-epsilon")
-        opt.check_tau(self.tau, "--tau")
-        opt.check_delta(self.delta, "--delta")
-        opt.check_resolution(self.resolution, "--resolution")
-        opt.check_float(self.noise_failure, "noise-failure", low=0.0, high=1.0, low_open=True, high_open=True)
-        opt.check_float(self.global_p_error, "global-p-error", low=0.0, high=1.0, low_open=True, high_open=True)
-        opt.check_seed(self.seed, "--seed")
+        self.protocol  # noqa: B018  (the protocol's checks: noise, τ, δ, P, batch size, pad mode, seed, ...)
         opt.check_job_id(self.job_id, "--job-id")  # a directory name under the parties' state dirs
         if not 0 <= self.min_holders <= self.holders:
             raise InputError(f"--min-holders: must be in 0..{self.holders} (--holders), got {self.min_holders}")
@@ -149,11 +113,11 @@ class DeployConfig:
         want = Skellam if self.mechanism == "skellam" else LatticeLaplace
         if not isinstance(mech, want):
             raise InputError(f"noise {data} does not match --mechanism {self.mechanism}")
-        if self.sigma and mech != Skellam(self.sigma):
+        if self.protocol.sigma is not None and mech != Skellam(self.sigma):
             raise InputError(f"noise {data} does not match --sigma {self.sigma:g}")
         if isinstance(mech, LatticeLaplace) and mech.resolution != self.resolution:
             raise InputError(f"noise {data} does not match --resolution {self.resolution}")
-        if isinstance(mech, LatticeLaplace) and not self.target_epsilon and mech.gamma != self.gamma:
+        if isinstance(mech, LatticeLaplace) and self.protocol.target_epsilon is None and mech.gamma != self.gamma:
             raise InputError(f"noise {data} does not match --gamma {self.gamma:g}")
 
     # -- run config <-> dataclass
@@ -191,6 +155,17 @@ class DeployConfig:
 
     # -- derived values
     @property
+    def protocol(self) -> ProtocolParams:
+        """The job's protocol parameters, the run config's "not given" 0.0 mapped to None (checked when
+        the config is made)."""
+        return ProtocolParams(
+            mechanism=self.mechanism, target_epsilon=self.target_epsilon or None, sigma=self.sigma or None,
+            gamma=self.gamma, tau=self.tau, delta=self.delta, resolution=self.resolution, batch_size=self.batch_size,
+            noise_failure=self.noise_failure, global_p_error=self.global_p_error, pad_mode=self.pad_mode,
+            seed=self.seed, production_noise=self.production_noise,
+        )
+
+    @property
     def noise_scale(self) -> float:
         """λ = 1/γ of the lattice noise (the paper's); see :meth:`noise_mechanism` for the noise the job runs."""
         return 1.0 / self.gamma
@@ -198,23 +173,18 @@ class DeployConfig:
     @property
     def planned_target_epsilon(self) -> float | None:
         """The target ε the noise was calibrated to (None when σ or γ was given directly)."""
-        if self.target_epsilon:
-            return self.target_epsilon
-        if self.mechanism == "skellam" and not self.sigma:
-            return DEFAULT_TARGET_EPSILON
-        return None
+        return self.protocol.planned_target_epsilon
 
     def noise_mechanism(self):
         """The job's noise :class:`speed.privacy.mechanisms.Mechanism`: from ``noise`` (resolved by the
-        launcher), else Skellam(σ), calibrated to the target ε over Q queries at τ and δ, or the
-        lattice Laplace of γ (or calibrated).  Calibrating takes seconds to a minute: the launchers
-        resolve it once (:meth:`resolved`) so that no ClientApp process repeats it."""
+        launcher), else :meth:`speed.params.ProtocolParams.noise_mechanism` for Q queries.  Calibrating
+        takes seconds to a minute: the launchers resolve it once (:meth:`resolved`) so that no
+        ClientApp process repeats it."""
         from speed.privacy.mechanisms import mechanism_from_dict
 
         if self.noise:
             return mechanism_from_dict(json.loads(self.noise))
-        return _resolve_noise(self.mechanism, self.sigma, self.planned_target_epsilon, self.gamma, self.resolution,
-                              self.queries, self.delta, self.tau)
+        return self.protocol.noise_mechanism(self.queries)
 
     def resolved(self) -> "DeployConfig":
         """This config with ``noise`` set (calibrated here if needed): what the run config carries."""
@@ -242,23 +212,8 @@ class DeployConfig:
         return f"{self.task}-N{self.holders}-Q{self.queries}-s{self.seed}-{digest}"
 
     def circuit_spec(self, num_classes: int) -> CircuitSpec:
-        """The circuit the owner compiles (same rule as :mod:`speed.pipeline`)."""
-        # imported here: the crypto stack (scipy) takes a second, and `speed deploy` checks its
-        # options before it needs it
-        from speed.crypto.seeded import aggregate_input_for
-        from speed.crypto.spec import CircuitSpec, choose_noise_bound
-        from speed.privacy.mechanisms import LatticeLaplace
-
-        noise = self.noise_mechanism()
-        if isinstance(noise, LatticeLaplace):
-            bound = choose_noise_bound(self.holders, num_classes, noise.scale, noise.resolution, self.noise_failure)
-        else:  # K · Pr[|Z| > A] ≤ noise-failure per query
-            bound = noise.noise_bound(self.noise_failure, coordinates=num_classes)
-        return CircuitSpec(
-            num_holders=self.holders, num_classes=num_classes, noise_bound=bound, resolution=noise.vote_step,
-            batch_size=self.batch_size, global_p_error=self.global_p_error,
-            aggregate_input=aggregate_input_for(self.pad_mode),
-        )
+        """The circuit the owner compiles (:func:`speed.params.circuit_spec`, the job's noise)."""
+        return circuit_spec(self.protocol, num_classes, self.holders, self.noise_mechanism())
 
 
 def check_job_inputs(config: DeployConfig, teacher_table: str | os.PathLike | None,
@@ -305,7 +260,7 @@ class NodeConfig:
     Keys: ``role`` (``owner`` or ``holder``), ``partition-id`` (holders: 0..N−1),
     ``state-dir`` (durable state: the owner's secret key, ledger and labels; the holder's
     copy of the program and evaluation keys), ``cache-dir`` (compiled circuits, teacher
-    checkpoints; default ``.speed-cache``), ``teacher-table`` (task "table": a ``.npy``
+    checkpoints; default ``$SPEED_CACHE_DIR`` or ``.speed-cache``), ``teacher-table`` (task "table": a ``.npy``
     array whose column ``partition-id`` is this holder's teacher's predictions),
     ``holder-keys`` (owner: directory of pinned holder pad keys, see :mod:`speed.deploy.sealing`).
     """
@@ -313,7 +268,7 @@ class NodeConfig:
     role: str
     partition_id: int = -1
     state_dir: Path = Path()
-    cache_dir: Path = Path(".speed-cache")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     teacher_table: str = ""
     holder_keys: str = ""  # owner: directory of pinned holder pad keys (holder-<i>.pub)
 
@@ -327,7 +282,7 @@ class NodeConfig:
             raise InputError("a holder SuperNode needs partition-id=<0..N-1> in its node-config")
         default_state = Path(tempfile.gettempdir()) / f"speed-node-{role}-{pid if role == 'holder' else node_id}"
         state = Path(str(node_config.get("state-dir", "")) or default_state).expanduser()
-        cache = Path(str(node_config.get("cache-dir", "")) or os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
+        cache = Path(str(node_config.get("cache-dir", "")) or default_cache_dir())
         return cls(role=role, partition_id=pid, state_dir=state, cache_dir=cache.expanduser(),
                    teacher_table=str(node_config.get("teacher-table", "")),
                    holder_keys=str(node_config.get("holder-keys", "")))

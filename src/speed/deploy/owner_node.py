@@ -67,6 +67,7 @@ from speed.deploy.task import num_classes, owner_query_ids
 from speed.errors import CiphertextError, InputError, SpeedError
 from speed.holder import DataHolder
 from speed.journal import Journal, head_path
+from speed.owner.release import charge_then_release, open_ledger
 from speed.protocol import make_batches
 
 __all__ = ["OwnerNode", "read_labels"]
@@ -139,15 +140,11 @@ class OwnerNode:
         self.config, self.node, self.session = config, node, str(session)
         self.job_id = config.effective_job_id
         self.job_dir = node.state_dir / "jobs" / self.job_id
-        from speed.pipeline import failure_probabilities
-        from speed.privacy.mechanisms import Skellam
+        from speed.pipeline import charged_failure_probability
 
         self.noise = config.noise_mechanism()
         self.spec = config.circuit_spec(num_classes(config))
-        histogram, clip = failure_probabilities(self.spec, self.noise)
-        # what the ledger folds into δ (docs/privacy.md "Circuit failures and δ"): the PLD ε of Skellam
-        # noise is histogram-level, so only clipped shares; the paper's lattice analysis needs both
-        self.failure_per_query = clip if isinstance(self.noise, Skellam) else histogram + clip
+        self.failure_per_query = charged_failure_probability(self.spec, self.noise)  # what the ledger folds into δ
         self._owner = None
         self.expected_keyset = expected_keyset  # set at this run's setup: later messages must use the same keys
 
@@ -183,22 +180,10 @@ class OwnerNode:
         return self._owner
 
     def ledger(self):
-        from speed.privacy.ledger import PrivacyLedger
-
-        from speed.privacy.mechanisms import Skellam
-
+        """The job's :class:`speed.privacy.ledger.PrivacyLedger` (run id = job id), opened for charging."""
         c = self.config
-        if isinstance(self.noise, Skellam):  # the publishable (PLD) ε, the plan written before the first charge
-            return PrivacyLedger(
-                self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None, tau=c.tau,
-                noise=self.noise, num_holders=c.holders, expected_holders=c.holders,
-                plan={"planned_queries": c.queries, "target_epsilon": c.planned_target_epsilon, "tau": c.tau},
-            )
-        return PrivacyLedger(  # the paper's lattice Laplace and its moments accountant
-            self.ledger_path, run_id=self.job_id, delta=c.delta, max_epsilon=c.max_epsilon or None,
-            gamma=self.noise.gamma, tau=c.tau, mechanism="lattice", resolution=self.noise.resolution,
-            num_holders=c.holders, expected_holders=c.holders,
-        )
+        return open_ledger(self.ledger_path, c.protocol, self.noise, num_holders=c.holders, planned_queries=c.queries,
+                           run_id=self.job_id, max_epsilon=c.max_epsilon or None)
 
     # -- setup / resume --------------------------------------------------------------
     def setup(self, holder_keys: dict[int, str]) -> dict[str, Any]:
@@ -363,11 +348,12 @@ class OwnerNode:
         with self.ledger() as ledger:
             charged = {int(q) for q in ledger.answered_query_ids()}
             todo = [int(q) for q in encrypted.query_ids if int(q) not in charged]
-            # the whole batch cleared (one PLD evaluation), then each query recorded (fsync), before any release
-            records = ledger.charge_batch(todo, num_holders=answered, expected_holders=n_expected,
-                                          failure_probability=self.failure_per_query) if todo else []
+            # the whole batch cleared (one PLD evaluation), then each query recorded (fsync), and only
+            # then decrypted
+            values, records = charge_then_release(
+                ledger, todo, lambda: self.owner.decrypt(encrypted), num_holders=answered,
+                expected_holders=n_expected, failure_probability=self.failure_per_query)
             status = self._status(ledger)
-        values = self.owner.decrypt(encrypted)  # only now: every query of the batch is charged
         if len(values) != len(encrypted.query_ids):
             raise CiphertextError(f"batch {encrypted.batch_id}: {len(values)} labels for {len(encrypted.query_ids)} queries")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

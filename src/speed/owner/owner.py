@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from speed import messages
-from speed.crypto.circuit import DEFAULT_CACHE_DIR, server_program_path
+from speed.crypto.circuit import server_program_path
 from speed.crypto.runtime import digest, load_server_program
 from speed.crypto.seeded import pad_mode_for
 from speed.crypto.spec import CircuitSpec
 from speed.owner.keys import OwnerKeys
+from speed.params import default_cache_dir
 
 
 class ModelOwner:
@@ -29,7 +30,7 @@ class ModelOwner:
         self.spec = spec
         self.timings: dict[str, float] = {}
         start = time.perf_counter()
-        path = server_program_path(spec, cache_dir or DEFAULT_CACHE_DIR)
+        path = server_program_path(spec, cache_dir or default_cache_dir())
         self._program_bytes = path.read_bytes()
         server_program = self._server_program = load_server_program(path)
         self.timings["compile_s"] = time.perf_counter() - start

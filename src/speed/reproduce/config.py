@@ -15,15 +15,15 @@ Every cache of a reproduction is keyed by the settings its contents depend on:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import subprocess
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from speed.errors import InputError
+from speed.params import FALLBACK_CACHE_DIR, ProtocolParams, default_cache_dir
 
 #: docs/spec.md §6 settings per dataset (digits: the small bundled-data defaults of ``speed demo``).
 #: ``teachers``: the recipe measured best (benchmarks/teachers_scattering.py: scattering + linear
@@ -39,7 +39,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
              "target_epsilon": 4.0},
 }
 REPRODUCE_DATASETS = tuple(DATASET_DEFAULTS)
-MECHANISMS = ("skellam", "lattice")
 TEACHER_KINDS = ("scattering", "cnn")
 
 #: The baseline to beat (docs/spec.md §6): PATE 2017 with a central trusted aggregator.
@@ -60,30 +59,28 @@ FEATURE_STUDENT = {"steps": 300, "lr": 1e-2, "weight_decay": 1e-2, "init_std": 0
                    "self_train_threshold": 0.9, "self_train_steps": 150}
 
 
-@functools.lru_cache(maxsize=32)
-def _calibrated_sigma(target: float, queries: int, delta: float, tau: float) -> float:
-    from speed.privacy.calibrate import calibrate
-
-    return float(calibrate("skellam", target, queries, delta, tau)[0].sigma)
-
-
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """Settings of one reproduction; ``None`` fields take the dataset's default (:meth:`resolved`)."""
+    """Settings of one reproduction; ``None`` fields take the dataset's default (:meth:`resolved`).
+
+    The protocol's parameters are flat fields, as ``speed reproduce`` names them and the cache
+    keys read them; :attr:`protocol` is the :class:`speed.params.ProtocolParams` made of them
+    (τ: the most pessimistic of ``taus``, which the ledger charges; the dataset's target ε).
+    """
 
     dataset: str = "digits"
     data_dir: str | None = None
     holders: int | None = None
     queries: tuple[int, ...] = ()
     taus: tuple[float, ...] = (1.0, 0.9, 0.7)
-    mechanism: str = "skellam"  # "skellam" (publishable PLD ε) or "lattice" (the paper's noise and analysis)
+    mechanism: str = ProtocolParams.mechanism  # "skellam" (publishable PLD ε) or "lattice" (the paper's)
     target_epsilon: float | None = None  # skellam: σ calibrated to this ε over max(queries) at min(taus)
-    sigma: float | None = None  # skellam σ given directly
-    gamma: float = 3.3  # lattice: γ = 1/λ (docs/spec.md §6: λ = 0.31, analysed with γ = 3.3)
-    delta: float = 1e-5
-    resolution: int = 1
-    batch_size: int = 10
-    seed: int = 0
+    sigma: float | None = ProtocolParams.sigma  # skellam σ given directly
+    gamma: float = ProtocolParams.gamma  # lattice: γ = 1/λ (docs/spec.md §6: λ = 0.31, analysed with γ = 3.3)
+    delta: float = ProtocolParams.delta
+    resolution: int = ProtocolParams.resolution
+    batch_size: int = ProtocolParams.batch_size
+    seed: int = ProtocolParams.seed
     teachers: str | None = None  # "scattering" or "cnn"; None: the dataset's default
     features: str | None = None  # an existing scattering feature cache file (error if missing or corrupt)
     model: str | None = None  # CNN teachers, CNN students and baseline; None: the dataset's default_model
@@ -93,7 +90,7 @@ class ReproduceConfig:
     curve_points: int | None = None  # extra prefixes Qmax/2, Qmax/4, ... for the accuracy curve
     methods: tuple[str, ...] = ()  # empty: linear students with scattering teachers, CNN students with CNN ones
     plaintext_check: bool = False
-    production_noise: bool = False
+    production_noise: bool = ProtocolParams.production_noise
     non_iid: float | None = None
     include_extra: bool | None = None  # SVHN: add the 531k "extra" images to the holders' data
     eval_points: int | None = None  # teacher/ensemble accuracy on this many test points (None: all)
@@ -101,9 +98,9 @@ class ReproduceConfig:
     threads: int = 1  # torch threads for everything in this process
     device: str | None = None  # torch device for training (e.g. "cuda")
     output: str = "results"
-    cache_dir: str = ".speed-cache"
-    noise_failure: float = 1e-12
-    global_p_error: float = 1e-9
+    cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
+    noise_failure: float = ProtocolParams.noise_failure
+    global_p_error: float = ProtocolParams.global_p_error
 
     def resolved(self) -> "ReproduceConfig":
         if self.dataset not in DATASET_DEFAULTS:
@@ -141,14 +138,10 @@ class ReproduceConfig:
             raise InputError("--tau: need at least one τ")
         for t in self.taus:
             opt.check_tau(t, "--tau")
-        opt.check_noise_options(self.mechanism, MECHANISMS, self.gamma, self.sigma, self.target_epsilon)
+        self.protocol  # noqa: B018  (the protocol's checks: noise, δ, P, batch size, seed, ...)
         if self.target_epsilon is not None:
             if self.mechanism != "skellam":
                 raise InputError("--target-epsilon applies to --mechanism skellam (lattice: give --gamma)")
-        opt.check_delta(self.delta, "--delta")
-        opt.check_resolution(self.resolution, "--resolution")
-        opt.check_positive_int(self.batch_size, "--batch-size")
-        opt.check_seed(self.seed, "--seed")
         if self.teachers is not None:
             opt.check_choice(self.teachers, "--teachers", TEACHER_KINDS)
         if self.features is not None:
@@ -193,18 +186,23 @@ class ReproduceConfig:
         """τ the owner's ledger charges with (and Skellam σ is calibrated for): the most pessimistic τ studied."""
         return min(self.taus)
 
+    @property
+    def protocol(self) -> ProtocolParams:
+        """The protocol's parameters: τ the ledger charges (:attr:`ledger_tau`) and, for Skellam noise
+        without σ, the target ε (the dataset's unless given)."""
+        target = self.target_epsilon
+        if self.mechanism == "skellam" and self.sigma is None and target is None:
+            target = DATASET_DEFAULTS[self.dataset]["target_epsilon"]
+        return ProtocolParams(
+            mechanism=self.mechanism, target_epsilon=target, sigma=self.sigma, gamma=self.gamma, tau=self.ledger_tau,
+            delta=self.delta, resolution=self.resolution, batch_size=self.batch_size,
+            noise_failure=self.noise_failure, global_p_error=self.global_p_error, seed=self.seed,
+            production_noise=self.production_noise, cache_dir=self.cache_dir,
+        )
+
     def noise(self):
         """The noise mechanism the holders sample from (Skellam σ calibrated once per (ε, Q, δ, τ))."""
-        from speed.privacy.mechanisms import LatticeLaplace, Skellam
-
-        if self.mechanism == "lattice":
-            return LatticeLaplace(self.gamma, self.resolution)
-        if self.sigma is not None:
-            return Skellam(float(self.sigma))
-        target = self.target_epsilon
-        if target is None:
-            target = DATASET_DEFAULTS[self.dataset]["target_epsilon"]
-        return Skellam(_calibrated_sigma(float(target), self.max_queries, float(self.delta), self.ledger_tau))
+        return self.protocol.noise_mechanism(self.max_queries)
 
     def run_config(self, tau: float | None = None):
         """The :class:`speed.pipeline.RunConfig` of this reproduction at ``tau`` (noise fixed by :meth:`noise`)."""
@@ -300,7 +298,7 @@ class ReproduceConfig:
         if self.dataset == "svhn" and not self.include_extra:
             parts.append("--no-extra")
         parts += ["--output", self.output]
-        if self.cache_dir != ".speed-cache":
+        if self.cache_dir != FALLBACK_CACHE_DIR:
             parts += ["--cache-dir", self.cache_dir]
         return " ".join(parts)
 

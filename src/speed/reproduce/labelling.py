@@ -2,8 +2,9 @@
 
 The largest Q of ``--queries`` is labelled once (:mod:`speed.protocol`: pads, holder encryption,
 homomorphic argmax, owner decryption).  Every batch is appended to a label store as soon as it is
-decrypted, and every query is charged in the privacy ledger *before* its label is released (one
-budget check per batch, then one record per query).  A resumed run labels only what is missing.
+decrypted, and every query is charged in the privacy ledger *before* its label is released
+(:func:`speed.owner.release.charge_then_release`: one budget check per batch, then one record per
+query).  A resumed run labels only what is missing.
 
 Noise: the holders sample their shares from the run's mechanism object (Skellam: the ledger
 charges the publishable PLD ε with the plan written first, and folds only the clip failure into
@@ -34,27 +35,14 @@ def _batch_generators(seed: int, batch: int, num_holders: int) -> list[np.random
     return [np.random.Generator(np.random.PCG64(c)) for c in children]
 
 
-def open_ledger(cfg, noise, path: Path, key: str):
-    """The run's privacy ledger, opened for charging (publishable PLD for Skellam; the paper's for lattice)."""
-    from speed.privacy.ledger import PrivacyLedger
-    from speed.privacy.mechanisms import Skellam
-
-    common = dict(run_id=key, delta=cfg.delta, tau=cfg.ledger_tau, num_holders=int(cfg.holders),
-                  expected_holders=int(cfg.holders))
-    if isinstance(noise, Skellam):
-        return PrivacyLedger(path, noise=noise, plan={
-            "planned_queries": cfg.max_queries, "target_epsilon": cfg.target_epsilon, "tau": cfg.ledger_tau},
-            **common)
-    return PrivacyLedger(path, gamma=noise.gamma, mechanism="lattice", resolution=noise.resolution, **common)
-
-
 def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_counts: np.ndarray,
                     state_dir: Path, progress: bool, say) -> dict[str, Any]:
     """Label ``positions`` through the encrypted pipeline, reusing what the store already holds."""
     from tqdm.auto import tqdm
 
     from speed.owner.owner import ModelOwner
-    from speed.pipeline import failure_probabilities
+    from speed.owner.release import charge_then_release, open_ledger
+    from speed.pipeline import charged_failure_probability, failure_probabilities
     from speed.privacy.ledger import PrivacyLedger
     from speed.privacy.mechanisms import Skellam
     from speed.protocol import label_queries, setup_parties
@@ -72,7 +60,7 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
             store.charged_check(led.answered_query_ids(), ledger_path)
     histogram, clip = failure_probabilities(spec, noise)
     skellam = isinstance(noise, Skellam)
-    charged_beta = clip if skellam else histogram + clip  # what the ledger folds into δ
+    charged_beta = charged_failure_probability(spec, noise)  # what the ledger folds into δ
     counts_of = {int(p): clear_counts[i] for i, p in enumerate(positions)}
     todo = [int(p) for p in positions if int(p) not in store]
     info: dict[str, Any] = {
@@ -87,7 +75,8 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
         info["compile_s"], info["keygen_s"] = owner.timings["compile_s"], owner.timings["keygen_s"]
         holders = teachers.holders(noise)
         server = setup_parties(owner, holders)
-        ledger = open_ledger(cfg, noise, ledger_path, key)
+        ledger = open_ledger(ledger_path, cfg.protocol, noise, num_holders=int(cfg.holders),
+                             planned_queries=cfg.max_queries, run_id=key)
         charged = {str(q) for q in ledger.answered_query_ids()}
         chunks = [todo[s:s + spec.batch_size] for s in range(0, len(todo), spec.batch_size)]
         try:
@@ -98,7 +87,7 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
                         holder.rng = rng
 
                 def charge(batch, _sums) -> None:
-                    ledger.check_budget(num_queries=len(batch.query_ids))  # one ε evaluation per batch
+                    ids: list[int | str] = []
                     for q in batch.query_ids:
                         qid: int | str = int(q)
                         if str(qid) in charged:  # charged by a run killed before its label was stored
@@ -106,10 +95,11 @@ def stage_labelling(cfg, spec, noise, teachers, positions: np.ndarray, clear_cou
                             while f"{q}/retry{k}" in charged:
                                 k += 1
                             qid = f"{q}/retry{k}"
-                            info["charged_again_after_crash"] += 1
-                        ledger.record(qid, failure_probability=charged_beta,
-                                      counts=None if skellam else counts_of[int(q)])
-                        charged.add(str(qid))
+                        ids.append(qid)
+                    charge_then_release(ledger, ids, failure_probability=charged_beta,
+                                        counts=None if skellam else [counts_of[int(q)] for q in batch.query_ids])
+                    info["charged_again_after_crash"] += sum(isinstance(q, str) for q in ids)
+                    charged.update(str(q) for q in ids)
 
                 start = time.perf_counter()
                 res = label_queries(owner, server, holders, teachers.pool_inputs, np.asarray(chunk, dtype=np.int64),

@@ -66,7 +66,7 @@ def reproduce(config: ReproduceConfig, progress: bool = True) -> dict[str, Any]:
 
 def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
     from speed.learning import select_queries, vote_counts
-    from speed.pipeline import circuit_spec
+    from speed.params import circuit_spec
     from speed.reproduce import accounting, labelling, students
     from speed.reproduce import teachers as tstage
     from speed.reproduce.results import assemble, plaintext_check
@@ -93,7 +93,7 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
     teacher_eval = clock.run("teacher_evaluation_s", tstage.stage_evaluation, data, teachers, votes, stages)
     queries = select_queries(data.splits, cfg.max_queries, seed=cfg.seed)
     clear_counts = vote_counts(votes.pool[:, queries.positions], data.dataset.num_classes)  # (Qmax, K), simulation
-    spec = circuit_spec(cfg.run_config(), data.dataset.num_classes, noise)
+    spec = circuit_spec(cfg.protocol, data.dataset.num_classes, int(cfg.holders), noise)
     labels = clock.run("encrypted_labelling_s", labelling.stage_labelling, cfg, spec, noise, teachers,
                        queries.positions, clear_counts, state_dir, progress, say)
     check = plaintext_check(cfg, spec, labels, clear_counts)
