@@ -3,6 +3,7 @@ the one circuit_spec; the three run configurations embed them; one charge-then-r
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,17 @@ def test_open_ledger_lattice_and_resumed_plan(tmp_path):
     with pytest.raises(SpeedError, match="another plan"):
         _ledger(other, Skellam(2.0), target_epsilon=6.0)
 
+
+# ------------------------------------------------------------------------------- the CLI
+def test_protocol_options_are_declared_once_with_the_defaults_of_the_parameters():
+    from speed.cli import options as opt
+
+    parser = argparse.ArgumentParser()
+    names = ("mechanism", "target_epsilon", "sigma", "gamma", "tau", "delta", "resolution", "batch_size", "pad_mode",
+             "range_check", "seed", "production_noise")
+    opt.add_protocol_options(parser, *names)
+    args = parser.parse_args([])
+    assert ProtocolParams(**{n: getattr(args, n) for n in names}) == ProtocolParams(cache_dir=ProtocolParams().cache_dir)
+    assert "default 3.3, the paper's" in parser.format_help() and "default 1e-5" in parser.format_help()
+    with pytest.raises(ValueError, match="not protocol options"):
+        opt.add_protocol_options(argparse.ArgumentParser(), "holders")

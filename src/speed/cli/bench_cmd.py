@@ -23,21 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     he.add_argument("--holders", type=opt.int_range(1, opt.MAX_HOLDERS), default=250, help="holders N (default 250)")
     he.add_argument("--queries", type=opt.int_range(1, opt.MAX_BENCH_QUERIES), default=5,
                     help=f"queries Q, at most {opt.MAX_BENCH_QUERIES:,} (default 5)")
-    he.add_argument("--batch-size", type=opt.positive_int, default=1, help="queries per circuit call")
-    he.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ of the noise")
-    he.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote")
-    he.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
-                    help="shared (default): one pad per batch, its bodies split among the holders and summed by "
-                         "the server before the circuit; seeded: one seeded pad per holder, summed in the circuit; "
-                         "encode: holders run encode")
+    opt.add_protocol_options(
+        he, "batch_size", "gamma", "resolution", "pad_mode",
+        batch_size=dict(default=1, help="queries per circuit call"),
+        gamma=dict(help="γ = 1/λ of the noise"),
+        resolution=dict(help="lattice steps P per vote"),
+        pad_mode=dict(help="shared (default): one pad per batch, its bodies split among the holders and summed by "
+                           "the server before the circuit; seeded: one seeded pad per holder, summed in the circuit; "
+                           "encode: holders run encode"),
+    )
     he.add_argument("--argmax", choices=["tournament", "all-pairs"], default="tournament",
                     help="homomorphic argmax layout (docs/he-engine.md)")
     he.add_argument("--chunk-bits", type=opt.int_range(1, 6), default=3,
                     help="tournament: bits per table lookup when selecting the larger sum")
     he.add_argument("--server-workers", type=opt.positive_int, default=None,
                     help="batches the server computes side by side, each on CPUs/workers threads (default: one per CPU)")
-    he.add_argument("--seed", type=opt.seed, default=0)
-    he.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache")
+    opt.add_protocol_options(he, "seed", seed=dict(help=None))
+    opt.add_cache_dir_option(he, "compiled circuits and keys")
     he.add_argument("--json", action="store_true", help="print JSON instead of a table")
     he.set_defaults(func=run_he)
 

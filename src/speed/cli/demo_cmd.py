@@ -22,37 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--holders", type=opt.holders, default=20, help="number of data holders N (default 20)")
     p.add_argument("--queries", type=opt.positive_int, default=60, help="number of public queries Q (default 60)")
-    p.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
-                   help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
-                        "or lattice (the paper's discrete Laplace shares, with --gamma)")
-    p.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
-                   help="publishable ε for the --queries planned: the noise is calibrated to it "
-                        "(default 10 with skellam: 20 holders need more ε than 250; see README)")
-    p.add_argument("--sigma", type=opt.sigma, default=None, help="Skellam σ given directly (instead of --target-epsilon)")
-    p.add_argument("--gamma", type=opt.gamma, default=3.3,
-                   help="γ = 1/λ, inverse Laplace scale, with --mechanism lattice (default 3.3, the paper's)")
-    p.add_argument("--tau", type=opt.fraction, default=1.0, help="fraction of holders whose noise stays secret (default 1)")
-    p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
-    p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
-    p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
-    p.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
-                   help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; "
-                        "default), seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")
-    p.add_argument("--range-check", choices=["off", "classes", "total"], default="off",
-                   help="encrypted check that every class sum (classes) or their total (total) stayed in the compiled "
-                        "range; a batch that fails is refused in one line (about 1.5x / 1.2x server time at K = 10; "
-                        "default off: the trust model has honest-but-curious holders)")
-    p.add_argument("--seed", type=opt.seed, default=0, help="seed for splits, teachers and seeded noise")
-    p.add_argument(
-        "--production-noise", action="store_true",
-        help="draw noise from the OS CSPRNG (default: seeded per-holder streams, for experiments only)",
-    )
+    opt.add_protocol_options(p, "mechanism", "target_epsilon", "sigma", "gamma", "tau", "delta", "resolution",
+                             "batch_size", "pad_mode", "range_check", "seed", "production_noise")
     p.add_argument("--student", choices=["supervised", "semi-supervised"], default="supervised")
     p.add_argument("--max-epsilon", type=opt.max_epsilon, default=None,
                    help="privacy budget: stop before the data-independent ε would exceed it")
     p.add_argument("--ledger", type=opt.ledger_file, default=None,
                    help="privacy ledger file (default: <cache-dir>/ledgers/<run>.jsonl)")
-    p.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache", help="compiled circuits and teacher checkpoints")
+    opt.add_cache_dir_option(p, "compiled circuits and teacher checkpoints")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -33,22 +33,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", type=opt.int_range(0, opt.MAX_CLASSES), default=0,
                    help="classes K (task table only; digits has 10)")
     g.add_argument("--queries", type=opt.positive_int, default=10, help="public queries to label Q (default 10)")
-    g.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
-    g.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
-                   help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
-                        "or lattice (the paper's discrete Laplace shares, with --gamma)")
-    g.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
-                   help="publishable ε for the --queries planned: the noise is calibrated to it once, by the "
-                        "launcher (default 10 with skellam, as speed demo)")
-    g.add_argument("--sigma", type=opt.sigma, default=None, help="Skellam σ given directly (instead of --target-epsilon)")
-    g.add_argument("--gamma", type=opt.gamma, default=3.3, help="γ = 1/λ with --mechanism lattice (default 3.3)")
-    g.add_argument("--tau", type=opt.fraction, default=1.0, help="assumed fraction of honest holders' noise (default 1)")
-    g.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
-    g.add_argument("--seed", type=opt.seed, default=0, help="splits, queries and seeded noise streams (default 0)")
-    g.add_argument("--production-noise", action="store_true", help="holders draw noise from the OS CSPRNG")
-    g.add_argument("--pad-mode", choices=list(opt.PAD_MODES), default="shared",
-                   help="how holders encrypt: shared (an 8-byte share per value of one pad per batch, summed by the "
-                        "server; default), seeded (one seeded pad each), encode (encode with the evaluation keys)")
+    opt.add_protocol_options(
+        g, "batch_size", "mechanism", "target_epsilon", "sigma", "gamma", "tau", "delta", "seed", "production_noise",
+        "pad_mode",
+        target_epsilon=dict(help="publishable ε for the --queries planned: the noise is calibrated to it once, by "
+                                 "the launcher (default 10 with skellam, as speed demo)"),
+        gamma=dict(help="γ = 1/λ with --mechanism lattice (default %(default)s)"),
+        tau=dict(help="assumed fraction of honest holders' noise (default 1)"),
+        seed=dict(help="splits, queries and seeded noise streams (default 0)"),
+        production_noise=dict(help="holders draw noise from the OS CSPRNG"),
+        pad_mode=dict(help="how holders encrypt: shared (an 8-byte share per value of one pad per batch, summed by "
+                           "the server; default), seeded (one seeded pad each), encode (encode with the evaluation keys)"),
+    )
     g.add_argument("--min-holders", type=opt.nonnegative_int, default=0,
                    help="go on with a batch if at least this many holders answered; missing ones get the owner's "
                    "stand-in encryption of zero and the ledger uses the reduced τ (default 0 = all N required)")

@@ -11,6 +11,9 @@ Two layers over the same rules:
   ``ledger_file``, ...) apply them while parsing, before any work starts; argparse prefixes
   their message with ``argument --option:``.
 
+:func:`add_protocol_options` declares the protocol's options (noise, circuit, seed) once for
+every subcommand that takes them, and :func:`add_cache_dir_option` the cache directory.
+
 :class:`Parser` makes argparse's own errors (unknown option, bad choice, a ``type=``
 refusal) one line ``error: ...`` instead of a usage block: :func:`speed.cli.main.main`
 prints it and exits with status 2.
@@ -332,3 +335,76 @@ torch_device = _type(check_torch_device, "torch_device")
 file_name = _type(check_file_name, "file_name")
 job_id = _type(check_job_id, "job_id")
 
+
+# ----------------------------------------------------------------------- shared options
+def _g(value: float) -> str:
+    return f"{value:g}".replace("e-0", "e-")
+
+
+def _protocol_options() -> dict[str, tuple[str, dict[str, Any]]]:
+    """flag and argparse keywords of each protocol option, defaults from :class:`speed.params.ProtocolParams`."""
+    from speed.params import MECHANISMS, RANGE_CHECKS, ProtocolParams as P
+
+    return {
+        "mechanism": ("--mechanism", dict(
+            choices=list(MECHANISMS), default=P.mechanism,
+            help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
+                 "or lattice (the paper's discrete Laplace shares, with --gamma)")),
+        "target_epsilon": ("--target-epsilon", dict(
+            type=target_epsilon, default=P.target_epsilon,
+            help="publishable ε for the --queries planned: the noise is calibrated to it "
+                 "(default 10 with skellam: 20 holders need more ε than 250; see README)")),
+        "sigma": ("--sigma", dict(type=sigma, default=P.sigma,
+                                  help="Skellam σ given directly (instead of --target-epsilon)")),
+        "gamma": ("--gamma", dict(
+            type=gamma, default=P.gamma,
+            help="γ = 1/λ, inverse Laplace scale, with --mechanism lattice (default %(default)s, the paper's)")),
+        "tau": ("--tau", dict(type=fraction, default=P.tau,
+                              help=f"fraction of holders whose noise stays secret (default {_g(P.tau)})")),
+        "delta": ("--delta", dict(type=probability, default=P.delta, help=f"target δ (default {_g(P.delta)})")),
+        "resolution": ("--resolution", dict(type=resolution, default=P.resolution,
+                                            help=f"lattice steps P per vote (default {P.resolution})")),
+        "batch_size": ("--batch-size", dict(type=positive_int, default=P.batch_size,
+                                            help=f"queries per encrypted circuit call (default {P.batch_size})")),
+        "pad_mode": ("--pad-mode", dict(
+            choices=list(PAD_MODES), default=P.pad_mode,
+            help="how holders encrypt: shared (one pad per batch, its bodies split among the holders; default), "
+                 "seeded (one seeded pad each), encode (holders run encode with the evaluation keys)")),
+        "range_check": ("--range-check", dict(
+            choices=list(RANGE_CHECKS), default=P.range_check,
+            help="encrypted check that every class sum (classes) or their total (total) stayed in the compiled "
+                 "range; a batch that fails is refused in one line (about 1.5x / 1.2x server time at K = 10; "
+                 "default off: the trust model has honest-but-curious holders)")),
+        "seed": ("--seed", dict(type=seed, default=P.seed, help="seed for splits, teachers and seeded noise")),
+        "production_noise": ("--production-noise", dict(
+            action="store_true",
+            help="draw noise from the OS CSPRNG (default: seeded per-holder streams, for experiments only)")),
+    }
+
+
+def add_protocol_options(parser: Any, *names: str, **changes: dict[str, Any]) -> None:
+    """Add the options of the protocol's parameters ``names`` (:class:`speed.params.ProtocolParams`
+    fields: ``"mechanism"``, ``"target_epsilon"``, ``"sigma"``, ``"gamma"``, ``"tau"``, ``"delta"``,
+    ``"resolution"``, ``"batch_size"``, ``"pad_mode"``, ``"range_check"``, ``"seed"``,
+    ``"production_noise"``) to ``parser`` (a parser or an argument group), in that order.
+
+    Flag, type (the checks of this module), choices and default are declared here once;
+    ``changes[name]`` replaces argparse keywords of one option where a subcommand words or sets
+    it differently (its help, a default, ``nargs``).
+    """
+    options = _protocol_options()
+    unknown = [n for n in (*names, *changes) if n not in options]
+    if unknown:
+        raise ValueError(f"not protocol options: {unknown}")
+    for name in names:
+        flag, kwargs = options[name]
+        parser.add_argument(flag, **{**kwargs, **changes.get(name, {})})
+
+
+def add_cache_dir_option(parser: Any, help: str) -> None:
+    """``--cache-dir``: a writable directory, default ``$SPEED_CACHE_DIR`` or ``.speed-cache``
+    (:func:`speed.params.default_cache_dir`, checked while parsing like a given one)."""
+    from speed.params import default_cache_dir
+
+    parser.add_argument("--cache-dir", type=output_dir, default=str(default_cache_dir()),
+                        help=f"{help} (default $SPEED_CACHE_DIR or .speed-cache)")

@@ -38,21 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=opt.positive_int, nargs="+", default=None, metavar="Q",
                    help="query counts reported in the table; the largest is labelled once, the others are its "
                         "prefixes (default per dataset)")
-    p.add_argument("--tau", type=opt.fraction, nargs="+", default=[1.0, 0.9, 0.7], metavar="τ",
-                   help="fractions of holders whose noise stays secret, for the accounting (default 1 0.9 0.7)")
-    p.add_argument("--mechanism", choices=["skellam", "lattice"], default="skellam",
-                   help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
-                        "or lattice (the paper's discrete Laplace shares with --gamma, and its moments accountant)")
-    p.add_argument("--target-epsilon", type=opt.target_epsilon, default=None,
-                   help="skellam: publishable ε planned for the largest --queries at the smallest --tau; σ is "
-                        "calibrated to it (default per dataset: 8 for digits, 4 otherwise)")
-    p.add_argument("--sigma", type=opt.sigma, default=None, help="skellam σ given directly (instead of --target-epsilon)")
-    p.add_argument("--gamma", type=opt.gamma, default=3.3,
-                   help="lattice: γ = 1/λ, inverse noise scale (default 3.3, the paper's)")
-    p.add_argument("--delta", type=opt.probability, default=1e-5, help="target δ (default 1e-5)")
-    p.add_argument("--resolution", type=opt.resolution, default=1, help="lattice steps P per vote (default 1)")
-    p.add_argument("--batch-size", type=opt.positive_int, default=10, help="queries per encrypted circuit call (default 10)")
-    p.add_argument("--seed", type=opt.seed, default=0, help="seed of splits, teachers, queries and seeded noise")
+    opt.add_protocol_options(
+        p, "tau", "mechanism", "target_epsilon", "sigma", "gamma", "delta", "resolution", "batch_size", "seed",
+        tau=dict(nargs="+", default=[1.0, 0.9, 0.7], metavar="τ",
+                 help="fractions of holders whose noise stays secret, for the accounting (default 1 0.9 0.7)"),
+        mechanism=dict(help="noise: skellam (distributed Skellam shares, publishable ε by PLD accounting; default) "
+                            "or lattice (the paper's discrete Laplace shares with --gamma, and its moments accountant)"),
+        target_epsilon=dict(help="skellam: publishable ε planned for the largest --queries at the smallest --tau; σ "
+                                 "is calibrated to it (default per dataset: 8 for digits, 4 otherwise)"),
+        sigma=dict(help="skellam σ given directly (instead of --target-epsilon)"),
+        gamma=dict(help="lattice: γ = 1/λ, inverse noise scale (default %(default)s, the paper's)"),
+        seed=dict(help="seed of splits, teachers, queries and seeded noise"),
+    )
     p.add_argument("--plaintext-check", action="store_true",
                    help="also compute the argmax in clear on the same noisy votes and report the agreement "
                         "with the decrypted labels (exit status 1 if it is not 100%%)")
@@ -86,15 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="svhn: do not add the 531k 'extra' images to the holders' data (docs/spec.md §6 uses them)")
     p.add_argument("--eval-points", type=opt.positive_int, default=None,
                    help="teacher and ensemble accuracy on this many test points (default: the whole test split)")
-    p.add_argument("--production-noise", action="store_true",
-                   help="noise from the OS CSPRNG (default: seeded per-batch streams, for experiments)")
+    opt.add_protocol_options(p, "production_noise", production_noise=dict(
+        help="noise from the OS CSPRNG (default: seeded per-batch streams, for experiments)"))
     p.add_argument("--workers", type=opt.positive_int, default=None,
                    help="teacher training processes (default: one per CPU)")
     p.add_argument("--threads", type=opt.positive_int, default=1, help="torch threads in this process (default 1)")
     p.add_argument("--device", type=opt.torch_device, default=None, help="torch device for training, e.g. cuda (default cpu)")
     p.add_argument("--output", type=opt.output_dir, default="results", help="report directory; files go to OUTPUT/DATASET/")
-    p.add_argument("--cache-dir", type=opt.output_dir, default=".speed-cache",
-                   help="compiled circuits, teacher checkpoints, label store, ledger, finished stages")
+    opt.add_cache_dir_option(p, "compiled circuits, teacher checkpoints, label store, ledger, finished stages")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run)
 
