@@ -353,9 +353,11 @@ def test_client_mod_times_every_handler_and_turns_errors_into_one_line(monkeypat
 
 
 def test_server_app_writes_the_summary_file_the_launcher_reads(tmp_path, monkeypatch):
-    from speed.deploy.config import SUMMARY_FILE, default_cache_dir, default_workdir
+    from speed.deploy import server_app
+    from speed.deploy.config import SUMMARY_FILE, default_cache_dir, default_workdir, write_summary
     from speed.deploy.local import LocalOptions
-    from speed.deploy.server_app import write_summary
+
+    assert server_app.write_summary is write_summary  # what the ServerApp calls
 
     lines: list[str] = []
     write_summary(tmp_path / "run" / "job-summary.json", {"status": "completed", "owner": {}}, log=lines.append)

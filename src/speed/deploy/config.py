@@ -16,13 +16,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from speed.errors import InputError
+from speed.fsutil import atomic_write_json, atomic_write_text
 from speed.params import DEFAULT_TARGET_EPSILON, MECHANISMS, ProtocolParams, circuit_spec, default_cache_dir
 
 __all__ = ["DEFAULT_TARGET_EPSILON", "MECHANISMS", "DeployConfig", "NodeConfig", "app_pyproject", "check_job_inputs",
-           "default_cache_dir", "default_workdir", "simulated_node_config", "write_app_dir"]
+           "default_cache_dir", "default_workdir", "simulated_node_config", "write_app_dir", "write_summary"]
 
 if TYPE_CHECKING:
     from speed.crypto.spec import CircuitSpec
@@ -41,6 +42,13 @@ def default_workdir() -> Path:
     """Where ``speed deploy local`` keeps the parties' state and its runs: under the cache directory
     (:func:`speed.params.default_cache_dir`)."""
     return default_cache_dir() / "deploy"
+
+
+def write_summary(path: str | os.PathLike, summary: dict[str, Any], log: Callable[[str], None] = print) -> None:
+    """The job summary as the JSON file named by run-config key :data:`SUMMARY_FILE` (atomically: the
+    launcher reads all of it or nothing)."""
+    atomic_write_json(path, summary, sort_keys=True)
+    log(f"job summary written to {path}")
 
 
 @dataclass(frozen=True)
@@ -376,6 +384,5 @@ def write_app_dir(directory: str | os.PathLike, config: DeployConfig | None = No
                   extra: Mapping[str, str] | None = None) -> Path:
     """Write the Flower App project (``flwr run DIRECTORY <connection>`` submits it)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "pyproject.toml").write_text(app_pyproject(config, extra))
+    atomic_write_text(directory / "pyproject.toml", app_pyproject(config, extra))
     return directory

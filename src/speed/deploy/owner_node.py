@@ -14,7 +14,9 @@ Durable state under the node's ``state-dir`` (never leaves this machine):
   :class:`speed.journal.Journal` (checksum + hash chain per line, head file
   ``labels.jsonl.head``), so an edited or lost label is refused, never used; at setup every
   stored label must have its ledger charge;
-* ``jobs/<job id>/fillers.jsonl`` — every stand-in vote issued for a missing holder;
+* ``jobs/<job id>/fillers.jsonl`` — every stand-in vote issued for a missing holder (fsync-ed
+  JSON lines, :func:`speed.fsutil.append_jsonl`; a damaged line is refused, a torn last one
+  repaired, :func:`speed.fsutil.read_jsonl`);
 * ``jobs/<job id>/shares/`` — shared pad mode only: the N body shares of each batch's pad
   (mode 0600), kept until the batch's labels are stored (a stand-in needs the answering
   holders' sum) and cleared at the next setup;
@@ -65,41 +67,13 @@ from speed.deploy.config import DeployConfig, NodeConfig
 from speed.deploy.sealing import PinnedHolderKeys, seal_pad
 from speed.deploy.task import num_classes, owner_query_ids
 from speed.errors import CiphertextError, InputError, SpeedError
+from speed.fsutil import append_jsonl, atomic_path, atomic_write_json, read_jsonl
 from speed.holder import DataHolder
 from speed.journal import Journal, head_path
 from speed.owner.release import charge_then_release, open_ledger
 from speed.protocol import make_batches
 
 __all__ = ["OwnerNode", "read_labels"]
-
-
-def _fsync_append(path: Path, lines: list[dict[str, Any]]) -> None:
-    if not lines:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of a JSON-lines file (a torn last line, never acknowledged, is ignored)."""
-    if not path.is_file():
-        return []
-    out = []
-    for raw in path.read_bytes().split(b"\n"):
-        if raw.strip():
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                continue
-    return out
 
 
 def _labels_journal(path: Path, *, read_only: bool) -> Journal:
@@ -156,6 +130,10 @@ class OwnerNode:
     @property
     def labels_path(self) -> Path:
         return self.job_dir / "labels.jsonl"
+
+    @property
+    def fillers_path(self) -> Path:
+        return self.job_dir / "fillers.jsonl"
 
     @property
     def key_path(self) -> Path:
@@ -263,14 +241,9 @@ class OwnerNode:
         shell = None
         if not path.exists():
             shell, issued = self.owner.keys.new_shared_pads(list(range(self.spec.num_holders)), batch_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-                np.savez(fh, shares=np.stack([np.frombuffer(p.data, dtype=np.uint64) for p in issued]),
+            with atomic_path(path, mode=0o600, suffix=".npz") as tmp:
+                np.savez(tmp, shares=np.stack([np.frombuffer(p.data, dtype=np.uint64) for p in issued]),
                          pad_ids=np.array([p.pad_id for p in issued]))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
         with np.load(path) as kept:
             shares, pad_ids = kept["shares"], kept["pad_ids"]
         keyset = self.owner.keys.keyset_id
@@ -306,11 +279,12 @@ class OwnerNode:
             stand_in.connect(bundle, keys)
             stand_in.receive_pad(pad)
             votes.append(stand_in.encrypt(batch.batch_id, zeros))
-        _fsync_append(self.job_dir / "fillers.jsonl", [
+        self._fillers()  # a torn last line (a crash mid-append) is dropped before appending after it
+        append_jsonl(self.fillers_path, [
             {"session": self.session, "batch_id": batch.batch_id, "holder_id": v.holder_id, "pad_id": v.pad_id,
              "query_ids": list(batch.query_ids), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             for v in votes
-        ])
+        ], mode=0o600)
         return votes, shell
 
     def labels(self, encrypted: messages.EncryptedLabels) -> dict[str, Any]:
@@ -320,21 +294,15 @@ class OwnerNode:
                                   f"{encrypted.keyset_id}, not this owner's {self.owner.keys.keyset_id}")
         if sorted(encrypted.holder_ids) != list(range(self.spec.num_holders)):
             raise InputError(f"batch {encrypted.batch_id}: labels were not computed from all {self.spec.num_holders} slots")
-        stand_ins = {int(r["holder_id"]) for r in _read_jsonl(self.job_dir / "fillers.jsonl")
+        stand_ins = {int(r["holder_id"]) for r in self._fillers()
                      if r["session"] == self.session and int(r["batch_id"]) == encrypted.batch_id}
         answered = self.spec.num_holders - len(stand_ins)
         data = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v  # data and the range check
                 for k, v in encrypted.to_dict().items()}
         data["bytes_fields"] = sorted(k for k, v in encrypted.to_dict().items() if isinstance(v, bytes))
         pending = self.job_dir / "pending" / f"{self.session or 'local'}-batch-{encrypted.batch_id:06d}.json"
-        pending.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pending.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"labels": data, "num_holders": answered, "missing": sorted(stand_ins),
-                       "session": self.session}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, pending)
+        atomic_write_json(pending, {"labels": data, "num_holders": answered, "missing": sorted(stand_ins),
+                                    "session": self.session}, indent=None)
         result = self._release(encrypted, answered, self.session)
         pending.unlink()
         self._shares_path(encrypted.batch_id).unlink(missing_ok=True)  # shared pads: no stand-in needs them now
@@ -371,12 +339,14 @@ class OwnerNode:
         with self.ledger() as ledger:
             status = self._status(ledger)
         summary = {"job_id": self.job_id, **status, "ledger": str(self.ledger_path), "labels": str(self.labels_path)}
-        tmp = self.job_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        os.replace(tmp, self.job_dir / "summary.json")
+        atomic_write_json(self.job_dir / "summary.json", summary, sort_keys=True)
         return summary
 
     # -- helpers
+    def _fillers(self) -> list[dict[str, Any]]:
+        """The stand-ins issued so far (this node is the file's only writer: a torn last line is repaired)."""
+        return read_jsonl(self.fillers_path, what="fillers file", repair=True)
+
     def _status(self, ledger) -> dict[str, Any]:
         spent = ledger.epsilon()
         taus = sorted({float(r["tau_effective"]) for r in ledger.records if str(r["run_id"]) == self.job_id})

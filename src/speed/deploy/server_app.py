@@ -34,16 +34,14 @@ cannot open.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
 
 from speed import messages
 from speed.crypto.seeded import KEYLESS_PAD_MODES
 from speed.deploy import records
-from speed.deploy.config import SUMMARY_FILE, DeployConfig
+from speed.deploy.config import SUMMARY_FILE, DeployConfig, write_summary
 from speed.errors import SpeedError
 
 try:  # the ServerApp object only where Flower is importable (it always is with speed's deps)
@@ -434,16 +432,6 @@ def run_job(grid, config: DeployConfig, session: str = "", log: Callable[[str], 
     return Job(grid, config, session, log).run()
 
 
-def write_summary(path: str | os.PathLike, summary: dict[str, Any], log: Callable[[str], None] = _log) -> None:
-    """The job summary as a JSON file (atomically: a reader sees all of it or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    log(f"job summary written to {path}")
-
-
 if app is not None:
 
     @app.main()
@@ -458,4 +446,4 @@ if app is not None:
             summary = run_job(grid, config, session=str(context.run_id))
         # the launcher (speed deploy local / simulate) names this file in the run config and reads it
         if context.run_config.get(SUMMARY_FILE):
-            write_summary(str(context.run_config[SUMMARY_FILE]), summary)
+            write_summary(str(context.run_config[SUMMARY_FILE]), summary, _log)
