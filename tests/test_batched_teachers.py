@@ -17,6 +17,7 @@ from speed.learning.features import (
     FeatureCacheError,
     ScatteringSpec,
     load_feature_cache,
+    project_on_pool,
     save_feature_cache,
     scattering_features,
     scattering_transform,
@@ -165,6 +166,32 @@ def test_feature_cache_round_trip_and_pool_standardisation(tmp_path):
     # Other settings or other images: another cache entry.
     other = scattering_features(ds, splits, ScatteringSpec(J=1, L=4), cache_dir=tmp_path, progress=False)
     assert other.cache_path != first.cache_path and other.dim != first.dim
+
+
+def test_pool_projection_uses_only_the_pool_and_is_keyed(tmp_path):
+    ds = _tiny_dataset()
+    splits = make_splits(ds, 3, num_queries_pool=6, seed=0)
+    feats = scattering_features(ds, splits, SPEC, cache_dir=tmp_path, progress=False)
+    proj = project_on_pool(feats, splits, 4, seed=0)
+    assert proj.dim == 4 and proj.components == 4 and proj.key != feats.key and "pca4" in proj.key
+    assert proj.train.shape == (len(ds.x_train), 4) and proj.test.shape == (len(ds.x_test), 4)
+    # V^T (x - mean of the pool): the pool's projections are centred, the directions orthonormal
+    np.testing.assert_allclose(proj.pool(splits).mean(axis=0), 0, atol=1e-4)
+    pool = feats.pool(splits).astype(np.float64)
+    _, _, vt = np.linalg.svd(pool - pool.mean(axis=0), full_matrices=False)
+    x = feats.test.astype(np.float64) - pool.mean(axis=0)
+    # the same subspace as an exact SVD: projecting back and forth agrees up to rotation
+    exact = x @ vt[:4].T
+    np.testing.assert_allclose(np.abs(exact), np.abs(proj.test), rtol=1e-3, atol=1e-3)
+    # changing private (training) images does not change the projection of public points
+    ds2 = Dataset(ds.name, ds.x_train[::-1].copy(), ds.y_train[::-1].copy(), ds.x_test, ds.y_test, ds.num_classes)
+    splits2 = make_splits(ds2, 3, num_queries_pool=6, seed=0)
+    proj2 = project_on_pool(scattering_features(ds2, splits2, SPEC, cache_dir=tmp_path, progress=False), splits2, 4)
+    np.testing.assert_allclose(proj2.test, proj.test, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SpeedError, match="components"):
+        project_on_pool(feats, splits, 0)
+    with pytest.raises(SpeedError, match="already projected"):
+        project_on_pool(proj, splits, 2)
 
 
 def test_corrupt_or_missing_cache_refused(tmp_path):

@@ -18,6 +18,13 @@ Standardisation: each feature is centred and scaled with its mean and standard d
 **public query pool** (test-set points the owner may send to the teachers anyway), never with
 statistics of private shards.
 
+Projection (the default recipe of ``speed reproduce``): the standardised features are projected on
+the top principal components of the **public pool** (:func:`project_on_pool`; 256 by default).
+Only public images enter the projection, so it costs no privacy either.  Measured on
+Fashion-MNIST, N = 250 (``benchmarks/teacher_projection.py``): the teachers' plurality is as good
+or better than on all 3,969 features and the 250 heads train about 40 times faster, since each
+holder fits 256 × 10 weights to its ~240 images instead of 3,969 × 10.
+
 Cache: the raw (unstandardised) features of a dataset are stored in
 ``CACHE_DIR/features/scattering-<key>.npz`` with the SHA-256 of each array; the key covers the
 dataset's images (digest of their bytes), the transform's settings and kymatio's version.  A
@@ -46,10 +53,12 @@ from speed.fsutil import atomic_path
 KYMATIO_VERSION = "0.3.0"
 #: Bump when the cache's layout or the transform's conventions change.
 FEATURE_FORMAT = 1
+#: Principal components of the public pool kept by :func:`project_on_pool` (the default recipe).
+POOL_COMPONENTS = 256
 
 __all__ = [
-    "FEATURE_FORMAT", "KYMATIO_VERSION", "FeatureCacheError", "FeatureSet", "ScatteringSpec",
-    "feature_cache_path", "load_feature_cache", "pool_statistics", "save_feature_cache",
+    "FEATURE_FORMAT", "KYMATIO_VERSION", "POOL_COMPONENTS", "FeatureCacheError", "FeatureSet", "ScatteringSpec",
+    "feature_cache_path", "load_feature_cache", "pool_statistics", "project_on_pool", "save_feature_cache",
     "scattering_features", "scattering_transform", "standardise",
 ]
 
@@ -236,6 +245,8 @@ class FeatureSet:
     cache_path: Path | None
     from_cache: bool
     transform_seconds: float
+    components: int | None = None  # principal components of the pool kept (None: not projected)
+    projection_seconds: float = 0.0
 
     @property
     def dim(self) -> int:
@@ -296,3 +307,32 @@ def scattering_features(dataset, splits, spec: ScatteringSpec = ScatteringSpec()
     train = standardise(np.asarray(train, dtype=np.float32), mean, std, inplace=True)
     test = standardise(np.asarray(test, dtype=np.float32), mean, std, inplace=True)
     return FeatureSet(train, test, mean, std, spec, key, path, from_cache, seconds)
+
+
+def project_on_pool(feats: FeatureSet, splits, components: int = POOL_COMPONENTS, *, seed: int = 0) -> FeatureSet:
+    """``feats`` projected on the top ``components`` principal components of the public pool.
+
+    With P the pool's standardised features (n × D, centred by construction) and V the D × c
+    matrix of its top right singular vectors (randomized SVD, Halko et al. 2011, through
+    scikit-learn's ``PCA(svd_solver="randomized", random_state=seed)``), every feature vector x
+    becomes Vᵀx (train and test alike).  Only public-pool images determine V, so the projection
+    costs no privacy.  The result's ``key`` extends ``feats.key`` with the component count, so
+    checkpoints and students keyed by it never mix projected and unprojected features.
+    """
+    from sklearn.decomposition import PCA
+
+    if feats.components is not None:
+        raise InputError("these features are already projected")
+    pool = feats.pool(splits)
+    if not isinstance(components, int) or isinstance(components, bool) or not 1 <= components <= min(pool.shape):
+        raise InputError(f"components must be an integer in 1..{min(pool.shape)} (pool size × feature dimension), "
+                         f"got {components!r}")
+    t0 = time.perf_counter()
+    pca = PCA(n_components=components, svd_solver="randomized", random_state=seed).fit(pool)
+    v = pca.components_.T.astype(np.float32)  # (D, c)
+    shift = (pca.mean_.astype(np.float32) @ v)
+    train = feats.train @ v - shift
+    test = feats.test @ v - shift
+    return FeatureSet(train, test, feats.mean, feats.std, feats.spec, f"{feats.key}-pool-pca{components}-s{seed}",
+                      feats.cache_path, feats.from_cache, feats.transform_seconds, components,
+                      time.perf_counter() - t0)

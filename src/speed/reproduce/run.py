@@ -99,7 +99,7 @@ def _reproduce(cfg: ReproduceConfig, progress: bool) -> dict[str, Any]:
     check = plaintext_check(cfg, spec, labels, clear_counts)
     privacy = clock.run("privacy_accounting_s", accounting.stage_accounting, cfg, spec, noise, clear_counts,
                         labels["clip_failure_per_query"], stages)
-    baseline = clock.run("baseline_s", students.stage_baseline, cfg, data, stages, say)
+    baseline = clock.run("baseline_s", students.stage_baseline, cfg, data, stages, say, teachers)
     studs = clock.run("students_s", students.stage_students, cfg, data, teachers, queries.positions,
                       labels["labels"], curve_queries(cfg), stages, say)
     clock.times["total_s"] = clock.total()

@@ -1,5 +1,8 @@
 """Stages ``baseline`` and ``students`` of ``speed reproduce``.
 
+Baseline: the students' own network trained on all training images with their true labels (a
+linear head on the teachers' features for linear students, the CNN otherwise).
+
 Students train on exactly the first q queried points for every q of the accuracy curve (query
 selection is prefix-stable, so the first q labels of the Q-query run are the labels of a q-query
 run).  Methods:
@@ -29,6 +32,10 @@ import numpy as np
 
 from speed.reproduce.config import FEATURE_STUDENT, FEATURE_STUDENTS
 
+#: The non-private baseline of linear students: the students' head and recipe (full-batch Adam),
+#: trained on every training image with its true label.
+FEATURE_BASELINE = {k: FEATURE_STUDENT[k] for k in ("steps", "lr", "weight_decay", "init_std")}
+
 
 def student_training(cfg, dataset_name: str):
     from speed.learning import student_config
@@ -37,8 +44,15 @@ def student_training(cfg, dataset_name: str):
     return s_cfg if cfg.student_steps is None else replace(s_cfg, steps=int(cfg.student_steps))
 
 
-def stage_baseline(cfg, data, stages, say) -> dict[str, Any]:
-    """Non-private baseline: the student's CNN trained on the whole training set."""
+def stage_baseline(cfg, data, stages, say, teachers=None) -> dict[str, Any]:
+    """Non-private baseline: the student's own network trained on the whole labelled training set.
+
+    Linear students (scattering teachers): the same linear head on the same (projected) features,
+    trained on every training image's features with the true labels; otherwise the student's CNN.
+    """
+    if teachers is not None and getattr(teachers, "features", None) is not None \
+            and all(m in FEATURE_STUDENTS for m in cfg.methods):
+        return _feature_baseline(cfg, data, teachers, stages, say)
     from speed.learning import accuracy, train_student
 
     dataset, splits = data.dataset, data.splits
@@ -55,6 +69,30 @@ def stage_baseline(cfg, data, stages, say) -> dict[str, Any]:
         baseline = {"accuracy": accuracy(model, splits.test_x, splits.test_y),
                     "train_seconds": time.perf_counter() - start, "training_images": int(len(dataset.y_train)),
                     "model": model_name, "config": asdict(s_cfg)}
+        stages.put(key, baseline)
+    return baseline
+
+
+def _feature_baseline(cfg, data, teachers, stages, say) -> dict[str, Any]:
+    """The linear student head (recipe :data:`FEATURE_BASELINE`) on all training images' features."""
+    from speed.learning.batched import BatchedConfig, BatchedLinearTeachers
+
+    dataset, splits, feats = data.dataset, data.splits, teachers.features
+    f = FEATURE_BASELINE
+    key = "baseline-linear-" + hashlib.sha256(json.dumps(
+        {"features": feats.key, **f, "seed": cfg.seed, "eval": len(splits.test_y)},
+        sort_keys=True).encode()).hexdigest()[:12]
+    baseline = stages.get(key)
+    if baseline is None:
+        say(f"non-private baseline: the linear student head on the features of all {len(dataset.y_train)} "
+            f"training images, {f['steps']} steps")
+        start = time.perf_counter()
+        head = BatchedLinearTeachers(1, feats.dim, dataset.num_classes, seed=cfg.seed, init_std=f["init_std"])
+        head.fit(feats.train, np.asarray(dataset.y_train)[None, :], None,
+                 BatchedConfig(steps=f["steps"], lr=f["lr"], weight_decay=f["weight_decay"], init_std=f["init_std"]))
+        baseline = {"accuracy": float(head.accuracies(teachers.test_inputs, splits.test_y)[0]),
+                    "train_seconds": time.perf_counter() - start, "training_images": int(len(dataset.y_train)),
+                    "model": "linear head on the teachers' features (the linear students' network)", "config": f}
         stages.put(key, baseline)
     return baseline
 

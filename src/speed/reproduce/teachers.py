@@ -5,7 +5,9 @@ Two teacher recipes (``--teachers``):
 * ``cnn`` — one network per holder on its image shard (:func:`speed.learning.train_teachers`,
   one checkpoint per teacher, fingerprinted by shard, model, recipe and seed);
 * ``scattering`` — fixed scattering features (no parameter, no data dependence: they cost no
-  privacy; :mod:`speed.learning.features`, checksummed cache) and one linear head per holder, all
+  privacy; :mod:`speed.learning.features`, checksummed cache), projected on the top principal
+  components of the public pool (:func:`speed.learning.features.project_on_pool`; public data
+  only, so no privacy cost either), and one linear head per holder, all
   heads trained as one batched model (:class:`speed.learning.BatchedLinearTeachers`, one resumable
   checkpoint fingerprinted by the features' key, the shards, the recipe and the seed).  A holder
   then answers a query with its head on the query's (public) features.
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from speed.errors import InputError, SpeedError
+from speed.fsutil import atomic_path
 
 
 @dataclass
@@ -100,12 +103,16 @@ def stage_features(cfg, data: Data, progress: bool, say):
     """Scattering features of every image (:class:`speed.learning.FeatureSet`), or None for CNN teachers."""
     if cfg.teachers != "scattering":
         return None
-    from speed.learning.features import ScatteringSpec, scattering_features
+    from speed.learning.features import POOL_COMPONENTS, ScatteringSpec, project_on_pool, scattering_features
 
     feats = scattering_features(data.dataset, data.splits, ScatteringSpec(), cache_dir=Path(cfg.cache_dir),
                                 cache_file=cfg.features, progress=progress)
     say(f"scattering features: {feats.dim} per image, {'from cache' if feats.from_cache else 'computed'} "
         f"({feats.cache_path})")
+    components = min(POOL_COMPONENTS, data.splits.pool_size, feats.dim)
+    feats = project_on_pool(feats, data.splits, components, seed=cfg.seed)
+    say(f"projected on the top {components} principal components of the public pool "
+        f"({feats.projection_seconds:.1f} s)")
     return feats
 
 
@@ -173,7 +180,9 @@ def _scattering_teachers(cfg, data: Data, feats, progress: bool, say) -> Teacher
 
     info = {
         "kind": "scattering", "model": f"linear head on scattering features (J={spec.J}, L={spec.L}, "
-                                       f"order {spec.max_order}, D={feats.dim})",
+                                       f"order {spec.max_order}, D={spec.dim(dataset.in_shape)}) projected on "
+                                       f"{feats.components} principal components of the public pool",
+        "components": feats.components, "projection_seconds": feats.projection_seconds,
         "config": asdict(b_cfg), "checkpoint": str(ckpt), "features_cache": str(feats.cache_path),
         "features_from_cache": feats.from_cache, "features_transform_seconds": feats.transform_seconds,
         "trained_now": 0 if resumed else int(splits.num_holders),
@@ -208,12 +217,10 @@ def stage_votes(cfg, data: Data, teachers: Teachers, state_dir: Path, say) -> Vo
     pool = np.asarray(teachers.votes(teachers.pool_inputs), dtype=np.int64)
     test = np.asarray(teachers.votes(teachers.test_inputs[eval_idx]), dtype=np.int64)
     seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, pool_votes=pool.astype(np.int16), test_votes=test.astype(np.int16),
-                        eval_indices=eval_idx, pool_indices=splits.pool_indices, pool_y=splits.pool_y,
-                        test_y=splits.test_y[eval_idx])
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, pool_votes=pool.astype(np.int16), test_votes=test.astype(np.int16),
+                            eval_indices=eval_idx, pool_indices=splits.pool_indices, pool_y=splits.pool_y,
+                            test_y=splits.test_y[eval_idx])
     return Votes(pool, test, eval_idx, path, False, seconds)
 
 
