@@ -18,11 +18,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from speed.cli import options as opt
+from speed import validation as opt
 from speed.errors import InputError
+from speed.fsutil import FALLBACK_CACHE_DIR, default_cache_dir  # re-exported: the one default
 
 if TYPE_CHECKING:
     from speed.crypto.spec import CircuitSpec
@@ -42,14 +42,6 @@ RANGE_CHECKS = ("off", "classes", "total")
 #: (README, "Choosing your privacy level").  ``speed reproduce`` has its own per dataset.
 DEFAULT_TARGET_EPSILON = 10.0
 #: The cache directory when ``$SPEED_CACHE_DIR`` is not set.
-FALLBACK_CACHE_DIR = ".speed-cache"
-
-
-def default_cache_dir() -> Path:
-    """Compiled circuits, keys, teacher checkpoints, label stores: ``$SPEED_CACHE_DIR`` or ``.speed-cache``.
-
-    The one place this default is decided (read when called, so a changed environment counts)."""
-    return Path(os.environ.get("SPEED_CACHE_DIR", FALLBACK_CACHE_DIR))
 
 
 def _default_cache_dir_text() -> str:

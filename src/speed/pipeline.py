@@ -25,6 +25,7 @@ from speed.params import circuit_spec as params_circuit_spec
 from speed.privacy.mechanisms import LatticeLaplace, Mechanism, Skellam
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
+from speed import validation as opt
 
 
 def run_id() -> str:
@@ -66,7 +67,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # messages name the `speed demo` option
-        from speed.cli import options as opt
 
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
         opt.check_positive_int(self.queries, "--queries")
@@ -84,7 +84,6 @@ class RunConfig:
         """Refuse, before any work, what the fields alone cannot tell: a ledger file that cannot be
         written and, with ``num_classes`` (the dataset's, once loaded), a circuit that cannot be built.
         Messages name the `speed demo` option."""
-        from speed.cli import options as opt
 
         if self.ledger is not None:
             opt.check_ledger_file(self.ledger, "--ledger")
@@ -227,7 +226,7 @@ def make_holders(teachers, noise: Mechanism | float, rngs: list) -> list[DataHol
     """One :class:`DataHolder` per teacher; holder i answers with teacher i (the query points are public).
 
     ``noise``: the mechanism object, or the lattice scale λ (the paper's noise)."""
-    from speed.learning.train import predict
+    from speed.learning.inference import predict
 
     kwargs = {"noise": noise} if isinstance(noise, Mechanism) else {"noise_scale": float(noise)}
     return [DataHolder(i, (lambda x, m=teachers[i]: predict(m, x)), rng=rngs[i], **kwargs)
@@ -376,7 +375,7 @@ def lattice_privacy(spec: CircuitSpec, counts: np.ndarray, config: RunConfig,
     pair with the smaller ε among those keeping δ_total ≤ 1.01·δ is reported (else the
     smaller δ_total).  Clipped shares change the noise law: δ_total += (1 + e^ε)·Q·β_clip.
     """
-    from speed.privacy.accountant import delta_total
+    from speed.privacy.composition import delta_total
     from speed.privacy.lattice import lattice_epsilon
 
     noise = LatticeLaplace(config.gamma, config.resolution) if noise is None else noise

@@ -19,12 +19,16 @@ from speed.machine import machine
 from speed.owner.owner import ModelOwner
 from speed.privacy.noise import holder_generators
 from speed.protocol import label_queries, setup_parties
+from speed import validation as opt
+from speed.fsutil import default_cache_dir
+from speed.params import ProtocolParams
 
 
 def paper_spec(num_holders: int, num_classes: int, **overrides: Any) -> CircuitSpec:
     """The circuit at the paper's noise (γ = 3.3, docs/spec.md §6), P = 1 and a noise failure of 1e-12 per
     query; ``overrides`` are further :class:`CircuitSpec` fields (batch_size, argmax, ...)."""
-    bound = choose_noise_bound(num_holders, num_classes, 1 / 3.3, 1, 1e-12)
+    p = ProtocolParams(mechanism="lattice")
+    bound = choose_noise_bound(num_holders, num_classes, 1 / p.gamma, p.resolution, p.noise_failure)
     return CircuitSpec(num_holders=num_holders, num_classes=num_classes, noise_bound=bound, **overrides)
 
 
@@ -126,7 +130,6 @@ def check_inputs(*, num_classes: int, num_holders: int, num_queries: int, batch_
                  resolution: int, pad_mode: str, argmax: str, chunk_bits: int, seed: int,
                  server_workers: int | None) -> None:
     """Refuse bad settings (naming the `speed bench he` option) before compiling anything."""
-    from speed.cli import options as opt
     from speed.crypto.seeded import PAD_MODES
     from speed.crypto.spec import ARGMAX_LAYOUTS
 
@@ -149,7 +152,7 @@ def run(
     num_holders: int = 250,
     num_queries: int = 5,
     batch_size: int = 1,
-    gamma: float = 3.3,
+    gamma: float = ProtocolParams.gamma,
     resolution: int = 1,
     noise_failure: float = 1e-12,
     global_p_error: float = 1e-9,
@@ -157,7 +160,7 @@ def run(
     argmax: str = "tournament",
     chunk_bits: int = 3,
     seed: int = 0,
-    cache_dir: str | Path = ".speed-cache",
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     server_workers: int | None = None,
 ) -> dict[str, Any]:
@@ -171,7 +174,8 @@ def run(
         batch_size=batch_size, global_p_error=global_p_error, argmax=argmax, chunk_bits=chunk_bits,
         aggregate_input=aggregate_input_for(pad_mode),
     )
-    cached = (Path(cache_dir) / "circuits" / spec.cache_key / "server.zip").exists()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = (cache_dir / "circuits" / spec.cache_key / "server.zip").exists()
     start = time.perf_counter()
     server_program_path(spec, cache_dir)
     compile_s = time.perf_counter() - start

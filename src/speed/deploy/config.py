@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from speed.errors import InputError
 from speed.fsutil import atomic_write_json, atomic_write_text
 from speed.params import DEFAULT_TARGET_EPSILON, MECHANISMS, ProtocolParams, circuit_spec, default_cache_dir
+from speed import validation as opt
 
 __all__ = ["DEFAULT_TARGET_EPSILON", "MECHANISMS", "DeployConfig", "NodeConfig", "app_pyproject", "check_job_inputs",
            "default_cache_dir", "default_workdir", "simulated_node_config", "write_app_dir", "write_summary"]
@@ -90,7 +91,6 @@ class DeployConfig:
 
     def __post_init__(self) -> None:
         # messages name the option of `speed deploy` (the run-config key without the dashes)
-        from speed.cli import options as opt
 
         opt.check_choice(self.task, "--task", TASKS)
         opt.check_int(self.holders, "--holders", 2, opt.MAX_HOLDERS)
@@ -232,7 +232,6 @@ def check_job_inputs(config: DeployConfig, teacher_table: str | os.PathLike | No
     """
     import numpy as np
 
-    from speed.cli import options as opt
 
     if config.task == "digits":
         from speed.learning import load_dataset

@@ -32,6 +32,7 @@ from speed.deploy.config import DeployConfig, check_job_inputs, default_cache_di
 from speed.deploy.launcher import Session, bin_path, free_ports, job_report, launch, stream_job, wait_port
 from speed.deploy.tls import make_certificates, make_node_key
 from speed.errors import SpeedError
+from speed import validation as opt
 
 __all__ = ["LocalOptions", "job_report", "run_local"]
 
@@ -62,7 +63,6 @@ def _node_config(values: dict[str, Any]) -> str:
 
 def check_local_options(options: LocalOptions) -> None:
     """Refuse bad options before any file is written or process started."""
-    from speed.cli import options as opt
 
     config = options.config
     for i in options.start_holders or ():

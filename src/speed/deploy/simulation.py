@@ -51,6 +51,7 @@ from speed.deploy.launcher import Session, bin_path, free_ports, launch, stream_
 from speed.deploy.processes import memory_of, processes_with_token
 from speed.deploy.tls import make_certificates
 from speed.errors import InputError
+from speed import validation as opt
 
 __all__ = ["SimulationOptions", "ray_available", "run_simulation"]
 
@@ -122,7 +123,6 @@ class MemorySampler:
 
 def check_simulation_options(options: SimulationOptions) -> None:
     """Refuse bad options before any file is written or process started."""
-    from speed.cli import options as opt
 
     opt.check_positive_int(options.cpus_per_node, "--cpus-per-node")
     opt.check_positive_float(options.timeout, "--timeout")

@@ -24,6 +24,7 @@ from typing import Any
 
 from speed.errors import InputError
 from speed.params import FALLBACK_CACHE_DIR, ProtocolParams, default_cache_dir
+from speed import validation as opt
 
 #: docs/spec.md §6 settings per dataset (digits: the small bundled-data defaults of ``speed demo``).
 #: ``teachers``: the recipe measured best (benchmarks/teachers_scattering.py: scattering + linear
@@ -125,7 +126,6 @@ class ReproduceConfig:
 
     def validate(self) -> None:
         """Refuse bad settings before any work; messages name the `speed reproduce` option."""
-        from speed.cli import options as opt
 
         if self.holders is None:
             raise InputError("--holders: need the number of data holders N")
