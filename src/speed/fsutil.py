@@ -37,12 +37,25 @@ from typing import Any, Iterator, Self
 
 from speed.errors import SpeedError
 
-__all__ = ["Closeable", "FileRepairWarning", "append_jsonl", "atomic_create_bytes", "atomic_path", "atomic_write",
-           "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "read_jsonl", "temp_files"]
+__all__ = ["FALLBACK_CACHE_DIR", "Closeable", "FileRepairWarning", "append_jsonl", "atomic_create_bytes", "atomic_path",
+           "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "default_cache_dir", "fsync_dir",
+           "read_jsonl", "temp_files"]
 
 
 class FileRepairWarning(UserWarning):
     """A file was repaired (a torn last line dropped); the message starts with ``repaired:``."""
+
+
+#: The cache directory when ``$SPEED_CACHE_DIR`` is not set.
+FALLBACK_CACHE_DIR = ".speed-cache"
+
+
+def default_cache_dir() -> Path:
+    """Compiled circuits, keys, teacher checkpoints, label stores: ``$SPEED_CACHE_DIR`` or ``.speed-cache``.
+
+    The one place this default is decided (read when called, so a changed environment counts);
+    :mod:`speed.params` and :mod:`speed.crypto.circuit` use it."""
+    return Path(os.environ.get("SPEED_CACHE_DIR", FALLBACK_CACHE_DIR))
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -29,15 +29,13 @@ parameter tables) and ``global_p_error`` per query (a call of B queries is compi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from speed.crypto.spec import CircuitSpec
-from speed.fsutil import atomic_path
+from speed.fsutil import atomic_path, default_cache_dir
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("SPEED_CACHE_DIR", ".speed-cache"))
 
 
 def _pair_matrices(num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -332,7 +330,7 @@ def compile_module(spec: CircuitSpec, simulate: bool = False):
 
 def server_program_path(spec: CircuitSpec, cache_dir: Path | None = None) -> Path:
     """Compiled server program for ``spec``, compiled once and then read from the cache."""
-    directory = Path(cache_dir or DEFAULT_CACHE_DIR) / "circuits" / spec.cache_key
+    directory = Path(cache_dir or default_cache_dir()) / "circuits" / spec.cache_key
     path = directory / "server.zip"
     if not path.exists():
         module = compile_module(spec)
