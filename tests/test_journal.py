@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from speed.errors import SpeedError
-from speed.journal import GENESIS, Journal, JournalMissingError, JournalRepairWarning, head_path, main, record_hash
+from speed.journal import GENESIS, Journal, JournalMissingError, JournalRepairWarning, head_path, record_hash
+from speed.journal_cli import main
 
 
 def _make(path, n=10, **kw):

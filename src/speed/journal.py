@@ -431,12 +431,7 @@ class Journal(Closeable):
             os.close(fd)  # also releases the flock
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m speed.journal verify|reseal FILE`` (in :mod:`speed.journal_cli`)."""
-    from speed.journal_cli import main as cli_main
+if __name__ == "__main__":  # pragma: no cover - ``python -m speed.journal verify|reseal FILE``
+    import runpy
 
-    return cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    runpy.run_module("speed.journal_cli", run_name="__main__")
