@@ -32,18 +32,20 @@ from typing import Any
 
 
 from speed.errors import BudgetExhaustedError, InputError, SpeedError
+from speed.fsutil import Closeable
 from speed.journal import Journal
-from speed.privacy import accountant as _acc
+from speed.privacy.checks import check_counts, check_delta, check_tau
+from speed.privacy.composition import DEFAULT_MOMENTS
 from speed.privacy.mechanisms import Mechanism, mechanism_from_dict
 from speed.privacy.ledger_v1 import legacy_v1_line as _legacy_v1_line
-from speed.privacy.moments import PrivacyAccountant, _check_query, _query_epsilon
+from speed.privacy.moments import PrivacyAccountant, check_query, query_epsilon
 from speed.privacy.publishable import PublishableAccountant
 
 __all__ = ["LEDGER_VERSION", "PrivacyAccountant", "PrivacyLedger"]
 
 LEDGER_VERSION = 2  # 1: CRC-32 per line; 2: records of a speed.journal
 # ------------------------------------------------------------------------------- ledger
-class PrivacyLedger:
+class PrivacyLedger(Closeable):
     """Append-only, fsync-ed JSON-lines ledger of answered queries, with a budget guard.
 
     Defaults for the query parameters (``gamma``, ``tau``, ``mechanism``, ``resolution``,
@@ -59,7 +61,7 @@ class PrivacyLedger:
         *,
         run_id: str | None = None,
         delta: float = 1e-5,
-        moments: int = _acc.DEFAULT_MOMENTS,
+        moments: int = DEFAULT_MOMENTS,
         max_epsilon: float | None = None,
         gamma: float | None = None,
         tau: float | None = None,
@@ -79,7 +81,7 @@ class PrivacyLedger:
             None if noise is None else PublishableAccountant(noise, delta))
         self.plan: dict[str, Any] | None = None
         self._allowance: tuple[int, float] | None = None  # (queries, τ_eff) cleared by check_budget
-        self.delta = _acc.check_delta(delta)
+        self.delta = check_delta(delta)
         self.max_epsilon = None if max_epsilon is None else self._check_max(max_epsilon)
         self.run_id = str(run_id) if run_id is not None else time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
         self.defaults = {
@@ -211,11 +213,11 @@ class PrivacyLedger:
         if self.noise is not None:
             if q["tau"] is None:
                 raise InputError("the ledger needs tau (as a default or per query)")
-            mechanism, g, t, res = self.noise.name, None, _acc.check_tau(q["tau"]), None
+            mechanism, g, t, res = self.noise.name, None, check_tau(q["tau"]), None
         elif q["gamma"] is None or q["tau"] is None:
             raise InputError("the ledger needs gamma and tau (as defaults or per query)")
         else:
-            mechanism, g, t, res = _check_query(q["mechanism"], q["gamma"], q["tau"], q["resolution"])
+            mechanism, g, t, res = check_query(q["mechanism"], q["gamma"], q["tau"], q["resolution"])
         n, e = q["num_holders"], q["expected_holders"]
         if n is not None and (int(n) != n or n < 1):
             raise InputError(f"num_holders must be a positive integer, got {n!r}")
@@ -240,7 +242,7 @@ class PrivacyLedger:
     def epsilon(self, delta: float | None = None) -> dict[str, Any]:
         """Running privacy spent (publishable; the paper's analysis adds the data-dependent ε if counts were given)."""
         if self.publishable is not None:
-            if delta is not None and _acc.check_delta(delta) != self.delta:
+            if delta is not None and check_delta(delta) != self.delta:
                 raise InputError(f"this ledger accounts at δ = {self.delta:g}")
             return {**self.publishable.get_privacy_spent(), "method": "pld",
                     "data_dependent": None, "plan": self.plan}
@@ -350,14 +352,14 @@ class PrivacyLedger:
             "run_id": self.run_id,
             "query_id": query_id,
             **q,
-            "per_query_epsilon": _query_epsilon(q["mechanism"], q["gamma"], q["tau_effective"],
+            "per_query_epsilon": query_epsilon(q["mechanism"], q["gamma"], q["tau_effective"],
                                                 q["resolution"]),
             "failure_probability": fp,
             "time": time.time(),
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if counts is not None:
-            arr = _acc.check_counts(counts, allow_2d=False)[0]
+            arr = check_counts(counts, allow_2d=False)[0]
             rec["counts"] = [int(c) if float(c).is_integer() else float(c) for c in arr]
             rec["simulation"] = True
         # validate against the accountant first (cannot fail after the write)
@@ -431,14 +433,3 @@ class PrivacyLedger:
         if self._journal is not None:
             self._journal.close()  # releases the flock
 
-    def __enter__(self) -> "PrivacyLedger":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -40,13 +40,13 @@ _NOT_PUBLISHABLE = (
 
 
 @functools.lru_cache(maxsize=1024)
-def _query_epsilon(mechanism: str, gamma: float, tau: float, resolution: int | None) -> float:
+def query_epsilon(mechanism: str, gamma: float, tau: float, resolution: int | None) -> float:
     if mechanism == "gamma":
         return per_query_epsilon(gamma, tau)
     return lattice_per_query_epsilon(gamma, tau, resolution)
 
 
-def _check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple[str, float, float, int | None]:
+def check_query(mechanism: str, gamma: Any, tau: Any, resolution: Any) -> tuple[str, float, float, int | None]:
     g, t = check_gamma(gamma), check_tau(tau)
     if mechanism == "lattice":
         resolution = require_resolution(resolution)
@@ -81,14 +81,14 @@ class PrivacyAccountant:
              resolution: int | None = None, counts: Any = None,
              failure_probability: float = 0.0, num_queries: int = 1) -> float:
         """Account for ``num_queries`` answered queries; returns their per-query ε."""
-        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
+        mechanism, g, t, res = check_query(mechanism, gamma, tau, resolution)
         n = int(num_queries)
         if n < 1:
             raise InputError(f"num_queries must be ≥ 1, got {num_queries!r}")
         fp = float(failure_probability)
         if not (0.0 <= fp <= 1.0):
             raise InputError(f"failure_probability must lie in [0, 1], got {failure_probability!r}")
-        eps_q = _query_epsilon(mechanism, g, t, res)
+        eps_q = query_epsilon(mechanism, g, t, res)
         # τ = 1: ε_q = 2γ is a histogram-level bound, valid whatever the circuit outputs, so
         # β only enlarges q; otherwise ε_q needs the exact argmax and β is folded into δ
         histogram_level = t == 1.0
@@ -141,8 +141,8 @@ class PrivacyAccountant:
     def projected_epsilon(self, delta: float, *, gamma: float, tau: float, mechanism: str = "gamma",
                           resolution: int | None = None, num_queries: int = 1) -> float:
         """Data-independent ε after ``num_queries`` more queries of the given kind (nothing recorded)."""
-        mechanism, g, t, res = _check_query(mechanism, gamma, tau, resolution)
-        eps_q = _query_epsilon(mechanism, g, t, res)
+        mechanism, g, t, res = check_query(mechanism, gamma, tau, resolution)
+        eps_q = query_epsilon(mechanism, g, t, res)
         alpha = self._alpha + self._alpha_of(eps_q, num_queries)
         return self._eps(alpha, self._basic + num_queries * eps_q, check_delta(delta))[0]
 

@@ -23,7 +23,7 @@ TAU_GRID = tuple(round(x, 3) for x in np.linspace(0.5, 1.0, 6))
 
 
 def _skellam_row(noise, q: int, tau: float, delta: float, clip: float) -> dict[str, Any]:
-    from speed.privacy.accountant import delta_total
+    from speed.privacy.composition import delta_total
     from speed.privacy.pld import publishable_epsilon
 
     eps = publishable_epsilon(noise, q, delta, tau)

@@ -93,7 +93,7 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(top=101)
     ax.set_xlabel("number of labelled queries (students train on exactly these points)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{s['dataset']}: N = {s['holders']} holders, noise {_noise_text(s['noise'])}")
+    ax.set_title(f"{s['dataset']}: N = {s['holders']} holders, noise {noise_text(s['noise'])}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
@@ -102,7 +102,7 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _noise_text(noise: dict[str, Any]) -> str:
+def noise_text(noise: dict[str, Any]) -> str:
     if noise.get("mechanism") == "skellam":
         return f"Skellam σ = {noise['sigma']:.4g}"
     return f"lattice Laplace γ = {noise.get('gamma', 0):g}, P = {noise.get('resolution', 1)}"
@@ -134,7 +134,7 @@ def plot_epsilon(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"ε at δ = {s['delta']:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{s['dataset']}: N = {s['holders']}, {_noise_text(s['noise'])}; dots: the τ of the table",
+    fig.suptitle(f"{s['dataset']}: N = {s['holders']}, {noise_text(s['noise'])}; dots: the τ of the table",
                  fontsize=9)
     fig.tight_layout()
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
@@ -189,7 +189,7 @@ def markdown(r: dict[str, Any]) -> str:
     w("|" + "---|" * len(head))
     for row in r["table"]:
         cells = [row["dataset"], str(row["holders"]), str(row["queries"]), f"{row['tau']:g}",
-                 _noise_text(row["mechanism"]), _num(row["epsilon_publishable"]), _delta(row["delta_total"]),
+                 noise_text(row["mechanism"]), _num(row["epsilon_publishable"]), _delta(row["delta_total"]),
                  _pct(row["label_accuracy"]),
                  f"{_pct(row['student_accuracy'])} ± {100 * row['student_accuracy_std']:.1f}",
                  _pct(row["teacher_mean_accuracy"]), _pct(row["ensemble_accuracy"]), _pct(row["baseline_accuracy"])]
@@ -275,7 +275,7 @@ def markdown(r: dict[str, Any]) -> str:
 
     w("## Encrypted labelling\n")
     c = lab["circuit"]
-    w(f"- noise: {_noise_text(s['noise'])}, drawn by every holder as its share of the total")
+    w(f"- noise: {noise_text(s['noise'])}, drawn by every holder as its share of the total")
     w(f"- circuit: K = {c['num_classes']}, N = {c['num_holders']}, noise bound A = {c['noise_bound']} lattice "
       f"steps, P = {c['resolution']}, batch {c['batch_size']}, difference width {c['difference_width_bits']} "
       f"bits, {c['security_bits']}-bit security, PBS failure probability per query ≤ {c['global_p_error']:g}")
@@ -312,3 +312,4 @@ def markdown(r: dict[str, Any]) -> str:
     w("PATE 2017 (central trusted aggregator), docs/spec.md §6: MNIST 100 queries ε = 2.04, student 98.0 %; "
       "SVHN 500 queries ε = 5.04, student 82.7 %.\n")
     return "\n".join(out) + "\n"
+_noise_text = noise_text  # old name, kept while a run started before the rename finishes

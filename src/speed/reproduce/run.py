@@ -57,7 +57,7 @@ class _Clock:
 
 def reproduce(config: ReproduceConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every stage and write the report; return the results dict."""
-    from speed.learning.train import torch_threads
+    from speed.learning.loop import torch_threads
 
     cfg = config.resolved()
     with torch_threads(cfg.threads):
@@ -119,9 +119,9 @@ def _encrypted_labelling(cfg, spec, splits, teachers, positions, clear_counts, s
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     """Flat (label, value) rows for the terminal: the publishable ε first."""
     rows: list[tuple[str, Any]] = []
-    from speed.reproduce.report import _noise_text
+    from speed.reproduce.report import noise_text
 
-    noise = _noise_text(result["mechanism"])
+    noise = noise_text(result["mechanism"])
     for row in result["table"]:
         rows.append((f"Q={row['queries']} τ={row['tau']:g}: publishable ε (δ_total)",
                      f"{row['epsilon_publishable']:.4g} ({row['delta_total']:.3g}), {noise}"))
