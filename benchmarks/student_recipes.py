@@ -51,7 +51,7 @@ def _setup(dataset: str, holders: int, queries: int, cache: str):
 
 def _labels(dataset: str, holders: int, queries: int, cache: str) -> dict:
     from speed.learning import plurality, train_teachers, vote_counts
-    from speed.learning.train import checkpoint_path
+    from speed.learning.checkpoints import checkpoint_path
     from speed.pipeline import teacher_checkpoint_dir
 
     ds, splits, q, cfg = _setup(dataset, holders, queries, cache)

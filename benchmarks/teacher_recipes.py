@@ -48,7 +48,7 @@ def _job(args: tuple) -> dict:
     import torch
 
     from speed.learning import accuracy, build_model, load_dataset, make_splits, train_model
-    from speed.learning.train import derive_seed
+    from speed.learning.loop import derive_seed
 
     torch.set_num_threads(1)
     model_name, fields = RECIPES[recipe]

@@ -106,7 +106,7 @@ def test_bad_noise_and_teacher_settings(kwargs, match):
 
 
 def test_teacher_recipe_is_part_of_the_state(monkeypatch):
-    from speed.learning import train
+    from speed.learning import teachers as train
 
     from speed.reproduce import config
 

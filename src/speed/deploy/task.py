@@ -77,7 +77,7 @@ def teacher_predictions(config: DeployConfig, node: NodeConfig, query_ids: np.nd
 def _digits_teacher_predictions(config: DeployConfig, node: NodeConfig, ids: np.ndarray) -> np.ndarray:
     """Train (or load) this holder's teacher on its own shard only, then predict the queries."""
     from speed.learning import Splits, predict, train_teachers
-    from speed.learning.train import derive_seed
+    from speed.learning.loop import derive_seed
 
     dataset, splits = _digits_splits(config)
     i = node.partition_id

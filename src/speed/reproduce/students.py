@@ -8,7 +8,7 @@ selection is prefix-stable, so the first q labels of the Q-query run are the lab
 run).  Methods:
 
 * ``supervised`` / ``semi-supervised`` — the CNN of ``--model`` (semi-supervised: FixMatch-lite on
-  the unqueried pool, :mod:`speed.learning.train`);
+  the unqueried pool, :mod:`speed.learning.student`);
 * ``linear`` — a linear softmax head on the same scattering features as the teachers (free: the
   features cost no privacy), full-batch Adam on the q labelled points;
 * ``linear-self-training`` — the ``linear`` student, then one round of self-training on the public
