@@ -36,8 +36,9 @@ def _secret_key_windows(owner: ModelOwner) -> list[bytes]:
 
 #: The aggregation server on Flower: the ServerApp module and the speed.deploy modules it imports
 #: (its runtime imports as a whole: tests/test_deploy.py::test_server_app_never_loads_owner_code).
-SERVER_APP_MODULES = [Path(speed.__file__).parent / "deploy" / name
-                      for name in ("server_app.py", "records.py", "config.py")]
+SERVER_APP_MODULES = [*(Path(speed.__file__).parent / "deploy" / name
+                        for name in ("server_app.py", "records.py", "config.py")),
+                      *(Path(speed.__file__).parent / name for name in ("params.py", "validation.py", "fsutil.py"))]
 
 
 def test_server_modules_never_import_key_material():
