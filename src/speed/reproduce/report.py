@@ -312,4 +312,3 @@ def markdown(r: dict[str, Any]) -> str:
     w("PATE 2017 (central trusted aggregator), docs/spec.md §6: MNIST 100 queries ε = 2.04, student 98.0 %; "
       "SVHN 500 queries ε = 5.04, student 82.7 %.\n")
     return "\n".join(out) + "\n"
-_noise_text = noise_text  # old name, kept while a run started before the rename finishes
