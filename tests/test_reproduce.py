@@ -188,6 +188,30 @@ def test_scattering_teachers_and_votes_are_keyed_by_settings(tmp_path):
     assert t4.info["trained_now"] == 3 and t4.digest != t1.digest and v4.path != v1.path and not v4.from_cache
 
 
+def test_linear_students_baseline_is_their_head_on_all_training_images(tmp_path):
+    """Scattering teachers: features projected on the pool's principal components; the linear
+    students' non-private baseline is the same linear head on every training image, cached."""
+    from speed.reproduce import students
+
+    cfg, data, tstage = _stage_inputs(tmp_path)
+    feats = tstage.stage_features(cfg, data, False, print)
+    assert feats.components == min(feats.dim, data.splits.pool_size) and "pca" in feats.key
+    teachers = tstage.stage_teachers(cfg, data, feats, False, print)
+    assert teachers.pool_inputs.shape[1] == feats.dim and "principal components" in teachers.info["model"]
+
+    class Stages(dict):
+        def put(self, key, value):
+            self[key] = value
+
+    stages = Stages()
+    base = students.stage_baseline(cfg, data, stages, lambda m: None, teachers)
+    assert base["model"].startswith("linear head") and base["training_images"] == len(data.dataset.y_train)
+    assert base["config"] == students.FEATURE_BASELINE and 0.5 < base["accuracy"] <= 1.0  # digits: easy
+    assert list(stages.values()) == [base]
+    again = students.stage_baseline(cfg, data, stages, lambda m: None, teachers)
+    assert again == base and len(stages) == 1  # from the stage store
+
+
 def test_corrupt_feature_cache_is_one_line_error(capsys, tmp_path):
     bad = tmp_path / "features.npz"
     bad.write_bytes(b"not a zip file")
