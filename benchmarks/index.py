@@ -38,7 +38,11 @@ WRITERS = {
     "reproduce": "speed reproduce ... --output <folder> (the command is in each report.md)",
     "students": "benchmarks/student_recipes.py",
     "teachers": "benchmarks/teacher_recipes.py",
+    "teacher_projection": "benchmarks/teacher_projection.py",
+    "digits_students": "benchmarks/digits_students.py",
 }
+#: a result named by its path from the repository root (undated files such as a report.md)
+PATH = re.compile(r"benchmarks/results/[\w./-]+?\.(?:json|md|png|npz)(?=[`'\")\]\s,;:|]|$)")
 NAME = re.compile(r"((?:[a-z_]+/)?[A-Za-z_][\w.-]*-20\d\d-\d\d-\d\d(?:T\d{4})?[\w.-]*?)"
                   r"(?:\.(?:json|md|png|npz|log))?(?=[`'\")\]\s,;:|]|$)")
 
@@ -52,6 +56,14 @@ def cited_files() -> dict[Path, list[tuple[str, int, str]]]:
     missing = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for lineno, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1):
+            for m in PATH.finditer(line):
+                if m.group(0).endswith("INDEX.md"):
+                    continue
+                target = ROOT / m.group(0)
+                if target.is_file():
+                    cites[target].append((str(doc.relative_to(ROOT)), lineno, line.strip()))
+                else:
+                    missing.append(f"{doc.relative_to(ROOT)}:{lineno}: {m.group(0)}")
             for m in NAME.finditer(line):
                 stem = m.group(1).split("/")[-1]
                 if not any(stem.startswith(w) or stem.split("-")[0] in ("sanity", "skellam", "calibration", "paper",
