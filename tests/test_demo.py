@@ -32,7 +32,7 @@ def test_bad_input_is_one_line(capsys, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("noise", [["--target-epsilon", "20"], ["--mechanism", "lattice", "--gamma", "0.5"]],
                          ids=["skellam-target", "lattice-paper"])
-def test_demo_json_end_to_end(tmp_path, noise):
+def test_demo_json_end_to_end(tmp_path, noise, capsys):
     """3 holders, 4 queries through real TFHE; HE labels must equal the clear noisy argmax, and the
     publishable ε comes first, as charged by the ledger."""
     cmd = [
@@ -62,6 +62,11 @@ def test_demo_json_end_to_end(tmp_path, noise):
         assert p["delta_total_data_dependent"] >= p["delta"] and p["histogram_failure_per_query"] > 0
     assert result["bytes"]["holder_to_server_bytes_per_query"] > 0
     assert result["circuit"]["pbs_per_call"] > 0
+    from speed.cli.demo_cmd import print_result
+
+    print_result(result)  # the table: the publishable ε before any accuracy
+    table = capsys.readouterr().out
+    assert table.index("ε publishable") < table.index("HE labels vs true labels") < table.index("server s / query")
 
 
 def test_range_check_option_reaches_the_circuit():

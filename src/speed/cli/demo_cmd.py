@@ -60,6 +60,7 @@ def print_result(r: dict) -> None:
     print_sections(
         f"SPEED demo — {s['dataset']}, N={s['holders']} holders, K={s['num_classes']} classes, Q={s['queries']} queries",
         [
+            ("privacy", privacy_rows(s, p)),  # the publishable ε first
             ("accuracy", [
                 ("teacher (mean, test split)", a["teacher_mean"]),
                 ("plaintext ensemble (on queries)", a["plaintext_ensemble_on_queries"]),
@@ -67,7 +68,6 @@ def print_result(r: dict) -> None:
                 ("HE labels = plaintext noisy argmax", a["he_vs_plaintext_noisy_argmax_agreement"]),
                 (f"student ({s['student_method']}, test split)", a["student_test"]),
             ]),
-            ("privacy", privacy_rows(s, p)),
             ("time", [
                 ("teacher training s", t["teacher_training_s"]),
                 ("compile s (cached after first run)", t["compile_s"]),
