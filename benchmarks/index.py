@@ -56,7 +56,9 @@ def cited_files() -> dict[Path, list[tuple[str, int, str]]]:
     missing = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for lineno, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1):
+            spans = []  # a dated name inside a path already cited by its path is not cited again
             for m in PATH.finditer(line):
+                spans.append(m.span())
                 if m.group(0).endswith("INDEX.md"):
                     continue
                 target = ROOT / m.group(0)
@@ -65,6 +67,8 @@ def cited_files() -> dict[Path, list[tuple[str, int, str]]]:
                 else:
                     missing.append(f"{doc.relative_to(ROOT)}:{lineno}: {m.group(0)}")
             for m in NAME.finditer(line):
+                if any(start <= m.start(1) < end for start, end in spans):
+                    continue
                 stem = m.group(1).split("/")[-1]
                 if not any(stem.startswith(w) or stem.split("-")[0] in ("sanity", "skellam", "calibration", "paper",
                                                                         "votes", "teachers")
