@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from speed.errors import SpeedError
     from speed.fsutil import atomic_write_bytes, atomic_write_json
     from speed.learning import load_dataset, make_splits, plurality, vote_counts
-    from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, fingerprint, pad_shards
+    from speed.learning.batched import BatchedConfig, BatchedLinearTeachers, pad_shards, teacher_checkpoint
     from speed.learning.features import ScatteringSpec, scattering_features
     from speed.machine import machine
 
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = BatchedConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, init_std=args.init_std)
         x, y, mask = pad_shards(feats.train, ds.y_train, splits.holder_indices)
-        fp = fingerprint(features=feats.key, pool=splits.pool_indices.tolist()[:20] + [splits.pool_size],
-                         shards=[splits.holder_fingerprint(i) for i in range(splits.num_holders)],
-                         config=cfg, seed=args.seed)
-        ckpt = Path(args.cache_dir) / "batched-teachers" / f"{args.dataset}-N{args.holders}-{fp[:16]}.pt"
+        fp, ckpt = teacher_checkpoint(args.cache_dir, feats.key, splits, cfg, args.seed)
         heads = BatchedLinearTeachers(splits.num_holders, feats.dim, ds.num_classes, seed=args.seed,
                                       init_std=cfg.init_std)
         t0 = time.perf_counter()

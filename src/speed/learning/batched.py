@@ -318,6 +318,18 @@ def fingerprint(**parts) -> str:
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def teacher_checkpoint(cache_dir: str | os.PathLike, features_key: str, splits, config: BatchedConfig,
+                       seed: int) -> tuple[str, Path]:
+    """(fingerprint, checkpoint path) of the batched teachers of ``splits``' holders on the
+    features ``features_key`` trained with ``config`` and ``seed``: any other features, pool, shards,
+    recipe or seed gives another checkpoint, so a resumed run never reuses other teachers."""
+    fp = fingerprint(features=features_key, pool=splits.pool_indices.tolist()[:20] + [splits.pool_size],
+                     shards=[splits.holder_fingerprint(i) for i in range(splits.num_holders)],
+                     config=config, seed=seed)
+    name = f"{splits.dataset.name}-N{splits.num_holders}-{fp[:16]}.pt"
+    return fp, Path(cache_dir) / "batched-teachers" / name
+
+
 def _atomic_save(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

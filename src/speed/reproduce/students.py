@@ -50,8 +50,7 @@ def stage_baseline(cfg, data, stages, say, teachers=None) -> dict[str, Any]:
     Linear students (scattering teachers): the same linear head on the same (projected) features,
     trained on every training image's features with the true labels; otherwise the student's CNN.
     """
-    if teachers is not None and getattr(teachers, "features", None) is not None \
-            and all(m in FEATURE_STUDENTS for m in cfg.methods):
+    if teachers is not None and teachers.features is not None and all(m in FEATURE_STUDENTS for m in cfg.methods):
         return _feature_baseline(cfg, data, teachers, stages, say)
     from speed.learning import accuracy, train_student
 

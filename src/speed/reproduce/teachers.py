@@ -152,16 +152,13 @@ def _cnn_teachers(cfg, data: Data, progress: bool, say) -> Teachers:
 
 
 def _scattering_teachers(cfg, data: Data, feats, progress: bool, say) -> Teachers:
-    from speed.learning.batched import BatchedLinearTeachers, fingerprint, pad_shards
+    from speed.learning.batched import BatchedLinearTeachers, pad_shards, teacher_checkpoint
 
     dataset, splits = data.dataset, data.splits
     spec = feats.spec
     b_cfg = cfg.scattering_training()
     x, y, mask = pad_shards(feats.train, dataset.y_train, splits.holder_indices)
-    fp = fingerprint(features=feats.key, pool=splits.pool_indices.tolist()[:20] + [splits.pool_size],
-                     shards=[splits.holder_fingerprint(i) for i in range(splits.num_holders)],
-                     config=b_cfg, seed=cfg.seed)
-    ckpt = Path(cfg.cache_dir) / "batched-teachers" / f"{dataset.name}-N{cfg.holders}-{fp[:16]}.pt"
+    fp, ckpt = teacher_checkpoint(cfg.cache_dir, feats.key, splits, b_cfg, cfg.seed)
     heads = BatchedLinearTeachers(splits.num_holders, feats.dim, dataset.num_classes, seed=cfg.seed,
                                   init_std=b_cfg.init_std)
     say(f"teachers: {cfg.holders} linear heads on scattering features, {b_cfg.steps} full-batch Adam steps "
