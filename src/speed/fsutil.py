@@ -87,26 +87,17 @@ def atomic_write(path: str | os.PathLike, *, mode: int = 0o644) -> Iterator[Any]
     """Context manager yielding a binary file object; on a clean exit its contents replace
     ``path`` atomically and durably (see the module docstring).  ``mode`` is the new file's
     permission bits (``0o600`` for anything secret: it never exists with wider ones)."""
-    path = Path(path)
-    fd, tmp = _temp_in(path, mode, "")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path, mode=mode) as tmp, open(tmp, "wb") as fh:
+        yield fh
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, mode: int = 0o644, suffix: str = "") -> Iterator[Path]:
-    """Like :func:`atomic_write` for writers that want a file name (``np.savez``,
-    ``torch.save``, a library's ``save(path)``): yields a temporary path in the same directory
-    (ending in ``suffix``, for writers that add an extension otherwise); on a clean exit the
-    file is fsync-ed and replaces ``path``."""
+    """The one atomic replace (:func:`atomic_write` builds on it), for writers that want a file
+    name (``np.savez``, ``torch.save``, a library's ``save(path)``): yields a temporary path in the
+    same directory (ending in ``suffix``, for writers that add an extension otherwise), created
+    with ``mode``; on a clean exit the file is fsync-ed, given ``mode`` again (a writer may have
+    recreated it), and replaces ``path``; on an error it is removed and ``path`` is untouched."""
     path = Path(path)
     fd, tmp = _temp_in(path, mode, suffix)
     os.close(fd)
